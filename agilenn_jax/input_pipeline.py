@@ -1,0 +1,237 @@
+"""Datasets (tfds / ImageFolder / scikit-learn digits) and deterministic tf.data pipelines.
+
+Every source is materialised once as uint8 arrays (train / eval split, seeded hold-out where
+needed); each epoch's pipeline is then a pure function of (seed, epoch, start batch), so a resumed
+run sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tarfile
+from collections.abc import Iterator
+
+import ml_collections
+import numpy as np
+
+SOURCES = ("tfds", "imagefolder", "digits")
+
+
+class DatasetError(ValueError):
+    """A dataset could not be found or read; the message says what to pass instead."""
+
+
+@dataclasses.dataclass
+class Split:
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    labels: np.ndarray  # int32 [N]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclasses.dataclass
+class Data:
+    train: Split
+    eval: Split
+    eval_name: str  # "test" or "val" (held out of train)
+    num_classes: int
+
+
+def _tf():
+    import tensorflow as tf
+
+    # TF must never grab an accelerator JAX wants; it only feeds the host pipeline.
+    tf.config.set_visible_devices([], "GPU")
+    return tf
+
+
+def _holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    if not 0.0 < fraction < 1.0:
+        raise DatasetError(f"data.val_fraction must be in (0, 1) to hold out a split, got {fraction}")
+    perm = np.random.default_rng(seed).permutation(len(split))
+    n_val = max(1, int(round(fraction * len(split))))
+    val, tr = perm[:n_val], perm[n_val:]
+    return Split(split.images[tr], split.labels[tr]), Split(split.images[val], split.labels[val])
+
+
+def _load_digits() -> tuple[dict[str, Split], int]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    img = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)  # 8x8, values 0..16
+    img = np.repeat(img[..., None], 3, axis=-1)
+    return {"train": Split(img, d.target.astype(np.int32))}, 10
+
+
+def _to_split(ds, tf) -> Split:
+    images, labels = [], []
+    for img, lab in ds.batch(1024).as_numpy_iterator():
+        images.append(img)
+        labels.append(lab)
+    if not images:
+        raise DatasetError("dataset split is empty")
+    imgs = np.concatenate(images)
+    if imgs.shape[-1] == 1:
+        imgs = np.repeat(imgs, 3, axis=-1)
+    return Split(imgs.astype(np.uint8), np.concatenate(labels).astype(np.int32))
+
+
+def _load_tfds(cfg: ml_collections.ConfigDict) -> tuple[dict[str, Split], int]:
+    tf = _tf()
+    import tensorflow_datasets as tfds
+
+    splits = {}
+    try:
+        builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
+        if cfg.download:
+            builder.download_and_prepare()
+        for name in ("train", "test"):
+            if name in builder.info.splits:
+                splits[name] = _to_split(builder.as_dataset(split=name, as_supervised=True), tf)
+    except Exception as e:  # tfds raises many types; all mean "not available here".
+        raise DatasetError(
+            f"tfds dataset {cfg.name!r} is not available (data_dir={cfg.data_dir or 'default'}, "
+            f"download={cfg.download}): {type(e).__name__}. Pass --config.data.data_dir=DIR "
+            "holding a prepared copy, or --config.data.source=imagefolder "
+            "--config.data.path=ROOT for a root/split/class/img folder."
+        ) from None
+    return splits, int(builder.info.features["label"].num_classes)
+
+
+def _extract(path: str, cache_dir: str) -> str:
+    """Extract an ImageFolder tarball once into ``cache_dir``; returns the extracted root."""
+    name = os.path.basename(path).split(".tar")[0]
+    root = os.path.join(cache_dir, name)
+    done = os.path.join(root, ".extracted")
+    if not os.path.exists(done):
+        os.makedirs(root, exist_ok=True)
+        with tarfile.open(path) as tar:
+            tar.extractall(root, filter="data")
+        open(done, "w").close()
+    return root
+
+
+def _load_imagefolder(cfg: ml_collections.ConfigDict) -> tuple[dict[str, Split], int]:
+    path = os.path.expanduser(cfg.path or "")
+    if not path or not os.path.exists(path):
+        raise DatasetError(
+            f"ImageFolder path {path!r} does not exist: pass --config.data.path=ROOT (a "
+            "root/split/class/img directory or a .tar.gz of one)"
+        )
+    if os.path.isfile(path):
+        cache = os.path.expanduser(cfg.cache_dir or "~/.cache/agilenn_jax")
+        path = _extract(path, cache)
+    tf = _tf()
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.folder_dataset.ImageFolder(path)
+    except Exception as e:
+        raise DatasetError(f"cannot read ImageFolder at {path!r}: {e}") from None
+    names = list(builder.info.splits.keys())
+    if "train" not in names:
+        raise DatasetError(f"ImageFolder at {path!r} has splits {names}, needs a 'train' folder")
+    splits = {}
+    for name in names:
+        ds = builder.as_dataset(split=name, as_supervised=True, shuffle_files=False)
+        if cfg.source_size:
+            s = int(cfg.source_size)
+            ds = ds.map(lambda x, y: (tf.cast(tf.image.resize(x, (s, s)), tf.uint8), y))
+        splits[name] = _to_split(ds, tf)
+    return splits, int(builder.info.features["label"].num_classes)
+
+
+def load(cfg: ml_collections.ConfigDict, seed: int) -> Data:
+    """Load ``cfg.source`` and split it into train and eval (test, or a seeded hold-out)."""
+    if cfg.source == "digits":
+        splits, num_classes = _load_digits()
+    elif cfg.source == "tfds":
+        splits, num_classes = _load_tfds(cfg)
+    elif cfg.source == "imagefolder":
+        splits, num_classes = _load_imagefolder(cfg)
+    else:
+        raise DatasetError(f"unknown data.source {cfg.source!r}; expected one of {SOURCES}")
+    if cfg.num_classes != num_classes:
+        raise DatasetError(
+            f"config data.num_classes={cfg.num_classes} but the dataset has {num_classes} classes"
+        )
+    train = splits["train"]
+    if cfg.eval_split == "test" and "test" in splits:
+        return Data(train, splits["test"], "test", num_classes)
+    if cfg.eval_split not in ("test", "val"):
+        raise DatasetError(f"data.eval_split must be 'test' or 'val', got {cfg.eval_split!r}")
+    train, val = _holdout(train, cfg.val_fraction, seed)
+    return Data(train, val, "val", num_classes)
+
+
+class Pipeline:
+    """tf.data pipelines over in-memory uint8 arrays: authors' augmentation, resize, normalise."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, seed: int):
+        self.tf = _tf()
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.mean = np.asarray(cfg.mean, np.float32)
+        self.std = np.asarray(cfg.std, np.float32)
+
+    def _preprocess(self, img, seed, augment: bool):
+        tf = self.tf
+        img = tf.cast(img, tf.float32) / 255.0
+        if augment:
+            h, w = img.shape[0], img.shape[1]
+            p = int(self.cfg.pad)
+            if p:
+                img = tf.pad(img, [[p, p], [p, p], [0, 0]])
+                img = tf.image.stateless_random_crop(img, (h, w, 3), seed=seed)
+            if self.cfg.flip:
+                img = tf.image.stateless_random_flip_left_right(img, seed=seed + 1)
+        s = int(self.cfg.image_size)
+        img = tf.image.resize(img, (s, s), method="bilinear")
+        return (img - self.mean) / self.std
+
+    def train_batches(
+        self, split: Split, batch_size: int, epoch: int, start_batch: int = 0
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Epoch ``epoch`` of shuffled, augmented, full batches, starting at ``start_batch``."""
+        tf = self.tf
+        n_batches = len(split) // batch_size
+        if n_batches == 0:
+            raise DatasetError(f"batch size {batch_size} exceeds the {len(split)} training samples")
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(split))
+        idx = perm[start_batch * batch_size : n_batches * batch_size]
+        pos = np.arange(start_batch * batch_size, n_batches * batch_size, dtype=np.int64)
+        seeds = np.stack([np.full_like(pos, self.seed * 100_003 + epoch), pos], axis=-1)
+        images = tf.constant(split.images)
+        labels = tf.constant(split.labels)
+
+        def fn(i, s):
+            return {
+                "image": self._preprocess(tf.gather(images, i), s, bool(self.cfg.augment)),
+                "label": tf.gather(labels, i),
+            }
+
+        ds = tf.data.Dataset.from_tensor_slices((idx, seeds))
+        ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
+        yield from ds.as_numpy_iterator()
+
+    def eval_batches(self, split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """All samples in order, the last batch zero-padded; ``mask`` marks the real ones."""
+        tf = self.tf
+        n = len(split)
+        padded = -(-n // batch_size) * batch_size
+        mask = np.zeros(padded, np.float32)
+        mask[:n] = 1.0
+        idx = np.minimum(np.arange(padded), n - 1)
+        images = tf.constant(split.images)
+        labels = tf.constant(split.labels)
+
+        def fn(i, m):
+            img = self._preprocess(tf.gather(images, i), tf.zeros(2, tf.int64), augment=False)
+            return {"image": img, "label": tf.gather(labels, i), "mask": m}
+
+        ds = tf.data.Dataset.from_tensor_slices((idx, mask))
+        ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        yield from ds.batch(batch_size).prefetch(2).as_numpy_iterator()

@@ -1,0 +1,65 @@
+"""AgileNN objectives: CE on combined logits plus the skewness and disorder losses on importance.
+
+``importance`` is [B, C], normalised over channels; the first k channels are kept on the device
+(I1), the rest are offloaded (I2).
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+DISORDER_MODES = ("channel", "element")
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def skewness_loss(importance: jax.Array, k: int, rho: float) -> jax.Array:
+    """max(0, rho - ||I1||_1) per sample: push at least ``rho`` of the importance into top-k."""
+    return jax.nn.relu(rho - jnp.sum(importance[:, :k], axis=-1))
+
+
+def disorder_loss(importance: jax.Array, k: int, mode: str = "channel") -> jax.Array:
+    """Penalise offloaded channels that outrank a local one, per sample.
+
+    ``channel`` (paper): max(0, max(I2) - min(I1)).
+    ``element`` (authors' code variant): mean over all (i in I1, j in I2) pairs of
+    max(0, I2_j - I1_i), so every violating pair gets a gradient, not only the extreme one.
+    """
+    i1, i2 = importance[:, :k], importance[:, k:]
+    if mode == "channel":
+        return jax.nn.relu(jnp.max(i2, axis=-1) - jnp.min(i1, axis=-1))
+    if mode == "element":
+        return jnp.mean(jax.nn.relu(i2[:, None, :] - i1[:, :, None]), axis=(1, 2))
+    raise ValueError(f"unknown disorder mode {mode!r}; expected one of {DISORDER_MODES}")
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = mask.astype(values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def agilenn_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    importance: jax.Array,
+    trust: jax.Array,
+    k: int,
+    rho: float,
+    lam: float,
+    disorder_mode: str = "channel",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """lam * CE + (1 - lam) * (L_skew + L_disorder); XAI terms averaged over trusted samples."""
+    ce = jnp.mean(cross_entropy(logits, labels))
+    skew = masked_mean(skewness_loss(importance, k, rho), trust)
+    dis = masked_mean(disorder_loss(importance, k, disorder_mode), trust)
+    loss = lam * ce + (1.0 - lam) * (skew + dis)
+    return loss, {"ce": ce, "skew_loss": skew, "disorder_loss": dis}
+
+
+def disorder_violations(importance: jax.Array, k: int) -> jax.Array:
+    """1.0 where some offloaded channel outranks some local channel."""
+    return (jnp.max(importance[:, k:], axis=-1) > jnp.min(importance[:, :k], axis=-1)).astype(
+        jnp.float32
+    )

@@ -1,0 +1,19 @@
+"""Flax (linen) modules of AgileNN: device side, server side and the frozen reference NN."""
+
+from agilenn_jax.models.agilenn import AgileNN, split_channels
+from agilenn_jax.models.extractor import FeatureExtractor
+from agilenn_jax.models.local import LocalNN
+from agilenn_jax.models.mobilenet import MobileNetV2Stack
+from agilenn_jax.models.quantizer import SoftHardQuantizer
+from agilenn_jax.models.reference import ExtractorWithReference, ReferenceNN
+
+__all__ = [
+    "AgileNN",
+    "ExtractorWithReference",
+    "FeatureExtractor",
+    "LocalNN",
+    "MobileNetV2Stack",
+    "ReferenceNN",
+    "SoftHardQuantizer",
+    "split_channels",
+]

@@ -1,0 +1,103 @@
+"""AgileNN: extractor -> split at k -> (local NN) and (quantizer -> remote NN) -> combiner."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from agilenn_jax.models.extractor import FeatureExtractor
+from agilenn_jax.models.local import LocalNN
+from agilenn_jax.models.mobilenet import MOBILENETV2_STAGES, MobileNetV2Stack
+from agilenn_jax.models.quantizer import SoftHardQuantizer
+
+
+def split_channels(num_channels: int, k: int = -1, split_ratio: float = 0.2) -> int:
+    """Number of locally kept channels: ``k`` if given (>0), else round(split_ratio * C)."""
+    if k is None or k <= 0:
+        if not 0.0 < split_ratio < 1.0:
+            raise ValueError(f"split_ratio must be in (0, 1), got {split_ratio}")
+        k = max(1, round(split_ratio * num_channels))
+    if not 0 < k < num_channels:
+        raise ValueError(f"k must be in [1, {num_channels - 1}] for C={num_channels}, got {k}")
+    return int(k)
+
+
+class AgileNN(nn.Module):
+    """The full AgileNN model; ``device`` and ``server`` are the two deployed halves."""
+
+    num_classes: int
+    k: int
+    extractor_channels: Sequence[int] = (32, 24)
+    extractor_strides: Sequence[int] = (3, 1)
+    local_bn: bool = True
+    num_centroids: int = 8
+    quantizer_softness: float = 1.0
+    remote_width: float = 1.0
+    remote_stages: Sequence[Sequence[int]] = MOBILENETV2_STAGES
+    remote_head_channels: int = 1280
+    remote_dropout: float = 0.2
+    temperature: float = 5.0
+
+    def setup(self) -> None:
+        self.extractor = FeatureExtractor(self.extractor_channels, self.extractor_strides)
+        self.local = LocalNN(self.num_classes, use_bn=self.local_bn)
+        self.quantizer = SoftHardQuantizer(self.num_centroids, self.quantizer_softness)
+        self.remote = MobileNetV2Stack(
+            self.num_classes,
+            width=self.remote_width,
+            stages=self.remote_stages,
+            head_channels=self.remote_head_channels,
+            dropout=self.remote_dropout,
+        )
+        self.alpha_logit = self.param("alpha_logit", nn.initializers.zeros, ())
+
+    def alpha(self) -> jax.Array:
+        """alpha = sigmoid(w / T): the weight of the local prediction."""
+        return jax.nn.sigmoid(self.alpha_logit / self.temperature)
+
+    def device(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        """What runs on the MCU: features, local logits, quantized remote features + indices."""
+        f = self.extractor(x, train)
+        if not 0 < self.k < f.shape[-1]:
+            raise ValueError(f"k={self.k} must be in [1, {f.shape[-1] - 1}]")
+        q, idx = self.quantizer(f[..., self.k :])
+        return {
+            "features": f,
+            "local_logits": self.local(f[..., : self.k], train),
+            "quantized": q,
+            "indices": idx,
+        }
+
+    def server(self, quantized: jax.Array, train: bool = False) -> jax.Array:
+        """What runs on the server: remote logits from the dequantized remote channels."""
+        return self.remote(quantized, train)
+
+    def combine(self, local_logits: jax.Array, remote_logits: jax.Array) -> jax.Array:
+        a = self.alpha()
+        return a * local_logits + (1.0 - a) * remote_logits
+
+    def centroids(self) -> jax.Array:
+        return self.quantizer.centroids()
+
+    def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
+        out = self.device(x, train)
+        out["remote_logits"] = self.server(out["quantized"], train)
+        out["logits"] = self.combine(out["local_logits"], out["remote_logits"])
+        out["alpha"] = self.alpha()
+        return out
+
+
+def feature_shape(
+    image_size: int, channels: Sequence[int], strides: Sequence[int]
+) -> tuple[int, int, int]:
+    """Extractor output shape (H, W, C) for a square input (SAME padding)."""
+    s = image_size
+    for st in strides:
+        s = -(-s // st)
+    return (s, s, int(channels[-1]))
+
+
+def count_params(tree: Any) -> int:
+    return int(sum(jnp.size(x) for x in jax.tree_util.tree_leaves(tree)))

@@ -1,0 +1,74 @@
+"""MobileNetV2 inverted-residual stack without its stem (the remote NN, and the reference NN)."""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from agilenn_jax.models.extractor import relu6
+
+# (expansion t, output channels c, repeats n, first stride s), Sandler et al. 2018, Table 2.
+MOBILENETV2_STAGES: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new_v + divisor if new_v < 0.9 * v else new_v
+
+
+class InvertedResidual(nn.Module):
+    expansion: int
+    out_channels: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        bn = lambda: nn.BatchNorm(  # noqa: E731
+            use_running_average=not train, momentum=0.9, epsilon=1e-3
+        )
+        in_ch = x.shape[-1]
+        h = x
+        if self.expansion != 1:
+            h = relu6(bn()(nn.Conv(in_ch * self.expansion, (1, 1), use_bias=False)(h)))
+        ch = h.shape[-1]
+        h = nn.Conv(
+            ch, (3, 3), strides=self.stride, padding="SAME", feature_group_count=ch, use_bias=False
+        )(h)
+        h = relu6(bn()(h))
+        h = bn()(nn.Conv(self.out_channels, (1, 1), use_bias=False)(h))
+        if self.stride == 1 and in_ch == self.out_channels:
+            h = h + x
+        return h
+
+
+class MobileNetV2Stack(nn.Module):
+    """MobileNetV2 from its first inverted-residual block on: the stem conv is replaced by the
+    device's feature extractor, so the input is a feature map (e.g. 32x32x19), not an image."""
+
+    num_classes: int
+    width: float = 1.0
+    stages: Sequence[Sequence[int]] = MOBILENETV2_STAGES
+    head_channels: int = 1280
+    dropout: float = 0.2
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        for t, c, n, s in self.stages:
+            out = _make_divisible(c * self.width)
+            for i in range(n):
+                x = InvertedResidual(t, out, s if i == 0 else 1)(x, train)
+        head = _make_divisible(self.head_channels * max(1.0, self.width))
+        x = nn.Conv(head, (1, 1), use_bias=False)(x)
+        x = relu6(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3)(x))
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.num_classes)(x)

@@ -1,0 +1,43 @@
+"""Quick start: AgileNN end to end on scikit-learn's bundled handwritten digits (no network).
+
+Command: python -m launch.main --config=experiments/configs/quickstart.py --workdir=/tmp/agilenn_qs
+Expected runtime: ~3-6 min on 2 CPU cores (reference pre-training, Algorithm 1, AgileNN training
+with inline IG, evaluation on a seeded 20% hold-out of the 1,797 images).
+Expected result: ~95% combined accuracy (chance is 10%), achieved skewness near 0.8 with k=2
+of 8 channels.
+"""
+
+from experiments.configs import cifar10
+
+SMALL_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 1, 2))
+
+
+def get_config():
+    c = cifar10.get_config()
+    c.data.source = "digits"
+    c.data.name = "digits"
+    c.data.eval_split = "val"
+    c.data.val_fraction = 0.2
+    c.data.image_size = 24  # 8x8 digits upsampled; extractor keeps 24x24
+    c.data.pad = 1
+    c.data.flip = False
+    c.data.mean = (0.3, 0.3, 0.3)
+    c.data.std = (0.4, 0.4, 0.4)
+    c.model.extractor_channels = (16, 8)
+    c.model.extractor_strides = (1, 1)
+    c.model.k = 2
+    c.model.remote_width = 0.5
+    c.model.remote_stages = SMALL_STAGES
+    c.model.remote_head_channels = 128
+    c.model.reference_width = 0.75
+    c.model.reference_stages = SMALL_STAGES
+    c.model.reference_head_channels = 128
+    c.preselect.num_samples = 1000
+    for stage, epochs in ((c.reference_train, 8), (c.train, 12)):
+        stage.epochs = epochs
+        stage.batch_size = 64
+        stage.lr = 0.05
+        stage.log_every_steps = 10
+        stage.eval_every_epochs = 4
+    c.eval_batch_size = 128
+    return c

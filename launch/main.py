@@ -1,0 +1,38 @@
+"""Train / evaluate AgileNN from an ml_collections config.
+
+    python -m launch.main --config=experiments/configs/quickstart.py --workdir=/tmp/qs \
+        [--mode=all|pretrain_reference|train|evaluate] [--config.train.epochs=3 ...]
+
+Rerunning the same command on the same workdir resumes from its last checkpoint.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from agilenn_jax import train  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results.json go.")
+_MODE = flags.DEFINE_enum("mode", "all", list(train.MODES), "Which stage(s) to run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.INFO)
+    try:
+        train.run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # Config, data and checkpoint problems: one clear line, not a traceback.
+        logging.error("%s: %s", type(e).__name__, e)
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging as pylogging
 import math
 import os
 import time
@@ -74,6 +75,7 @@ def build_agilenn(config: ml_collections.ConfigDict) -> AgileNN:
         remote_head_channels=m.remote_head_channels,
         remote_dropout=m.remote_dropout,
         temperature=m.temperature,
+        depthwise_impl=m.depthwise_impl,
     )
 
 
@@ -87,6 +89,7 @@ def build_reference(config: ml_collections.ConfigDict) -> ExtractorWithReference
         stages=tuple(tuple(s) for s in m.reference_stages),
         head_channels=m.reference_head_channels,
         dropout=m.remote_dropout,
+        depthwise_impl=m.depthwise_impl,
     )
 
 
@@ -99,6 +102,7 @@ def build_reference_nn(config: ml_collections.ConfigDict) -> ReferenceNN:
         stages=tuple(tuple(s) for s in m.reference_stages),
         head_channels=m.reference_head_channels,
         dropout=m.remote_dropout,
+        depthwise_impl=m.depthwise_impl,
     )
 
 
@@ -428,6 +432,9 @@ def fit(
             window.append(metrics)
             step += 1
             run_steps += 1
+            if run_steps == 1:  # rate and ETA from here on: compilation is not throughput
+                jax.block_until_ready(metrics)
+                progress = Progress(name, total, step)
             if step % tc.log_every_steps == 0:
                 flush(epoch + 1)
             if tc.stop_after_steps > 0 and run_steps >= tc.stop_after_steps and step < total:
@@ -687,10 +694,24 @@ def write_json(path: str, obj: dict[str, Any]) -> None:
     os.replace(tmp, path)  # never leaves a half-written file behind
 
 
+class _DropLibraryInfo(pylogging.Filter):
+    """Orbax logs several INFO lines per save; keep its warnings, drop the chatter."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_library_logs() -> None:
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+        handler.addFilter(_DropLibraryInfo())
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> dict[str, Any]:
     """Run ``mode`` in ``workdir`` (resuming whatever is there); returns the results dict."""
     from clu import metric_writers
 
+    quiet_library_logs()
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     validate_config(config)

@@ -39,9 +39,12 @@ class AgileNN(nn.Module):
     remote_head_channels: int = 1280
     remote_dropout: float = 0.2
     temperature: float = 5.0
+    depthwise_impl: str = "auto"
 
     def setup(self) -> None:
-        self.extractor = FeatureExtractor(self.extractor_channels, self.extractor_strides)
+        self.extractor = FeatureExtractor(
+            self.extractor_channels, self.extractor_strides, depthwise_impl=self.depthwise_impl
+        )
         self.local = LocalNN(self.num_classes, use_bn=self.local_bn)
         self.quantizer = SoftHardQuantizer(self.num_centroids, self.quantizer_softness)
         self.remote = MobileNetV2Stack(
@@ -50,6 +53,7 @@ class AgileNN(nn.Module):
             stages=self.remote_stages,
             head_channels=self.remote_head_channels,
             dropout=self.remote_dropout,
+            depthwise_impl=self.depthwise_impl,
         )
         self.alpha_logit = self.param("alpha_logit", nn.initializers.zeros, ())
 

@@ -4,11 +4,8 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-
-def relu6(x: jax.Array) -> jax.Array:
-    return jnp.clip(x, 0.0, 6.0)
+from agilenn_jax.models.layers import DepthwiseConv, relu6
 
 
 class FeatureExtractor(nn.Module):
@@ -23,6 +20,7 @@ class FeatureExtractor(nn.Module):
     channels: Sequence[int] = (32, 24)
     strides: Sequence[int] = (3, 1)
     kernel_size: int = 3
+    depthwise_impl: str = "auto"
 
     @property
     def out_channels(self) -> int:
@@ -39,15 +37,7 @@ class FeatureExtractor(nn.Module):
             use_running_average=not train, momentum=0.9, epsilon=1e-3, name=name
         )
         for i, (c, s) in enumerate(zip(self.channels, self.strides, strict=True)):
-            x = nn.Conv(
-                x.shape[-1],
-                (self.kernel_size, self.kernel_size),
-                strides=(s, s),
-                padding="SAME",
-                feature_group_count=x.shape[-1],
-                use_bias=False,
-                name=f"dw{i}",
-            )(x)
+            x = DepthwiseConv(self.kernel_size, s, self.depthwise_impl, name=f"dw{i}")(x)
             x = relu6(bn(f"dw{i}_bn")(x))
             x = nn.Conv(int(c), (1, 1), use_bias=False, name=f"pw{i}")(x)
             x = relu6(bn(f"pw{i}_bn")(x))

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from agilenn_jax.models.extractor import relu6
+from agilenn_jax.models.layers import DepthwiseConv, relu6
 
 # (expansion t, output channels c, repeats n, first stride s), Sandler et al. 2018, Table 2.
 MOBILENETV2_STAGES: tuple[tuple[int, int, int, int], ...] = (
@@ -29,6 +29,7 @@ class InvertedResidual(nn.Module):
     expansion: int
     out_channels: int
     stride: int
+    depthwise_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -39,10 +40,7 @@ class InvertedResidual(nn.Module):
         h = x
         if self.expansion != 1:
             h = relu6(bn()(nn.Conv(in_ch * self.expansion, (1, 1), use_bias=False)(h)))
-        ch = h.shape[-1]
-        h = nn.Conv(
-            ch, (3, 3), strides=self.stride, padding="SAME", feature_group_count=ch, use_bias=False
-        )(h)
+        h = DepthwiseConv(3, self.stride, self.depthwise_impl)(h)
         h = relu6(bn()(h))
         h = bn()(nn.Conv(self.out_channels, (1, 1), use_bias=False)(h))
         if self.stride == 1 and in_ch == self.out_channels:
@@ -59,13 +57,14 @@ class MobileNetV2Stack(nn.Module):
     stages: Sequence[Sequence[int]] = MOBILENETV2_STAGES
     head_channels: int = 1280
     dropout: float = 0.2
+    depthwise_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for t, c, n, s in self.stages:
             out = _make_divisible(c * self.width)
             for i in range(n):
-                x = InvertedResidual(t, out, s if i == 0 else 1)(x, train)
+                x = InvertedResidual(t, out, s if i == 0 else 1, self.depthwise_impl)(x, train)
         head = _make_divisible(self.head_channels * max(1.0, self.width))
         x = nn.Conv(head, (1, 1), use_bias=False)(x)
         x = relu6(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3)(x))

@@ -24,16 +24,17 @@ class SoftHardQuantizer(nn.Module):
     num_centroids: int = 8
     softness: float = 1.0
 
-    def centroids(self) -> jax.Array:
-        theta = self.param(
-            "centroid_logits", lambda _, n: centroid_init(n), self.num_centroids
-        )
-        return FEATURE_MAX * jax.nn.sigmoid(theta)
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def setup(self) -> None:
         if self.num_centroids < 2:
             raise ValueError(f"quantizer needs >= 2 centroids, got {self.num_centroids}")
+        self.centroid_logits = self.param(
+            "centroid_logits", lambda _, n: centroid_init(n), self.num_centroids
+        )
+
+    def centroids(self) -> jax.Array:
+        return FEATURE_MAX * jax.nn.sigmoid(self.centroid_logits)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         c = self.centroids()
         d2 = jnp.square(x[..., None] - c)
         indices = jnp.argmin(d2, axis=-1)

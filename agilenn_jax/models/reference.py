@@ -34,15 +34,19 @@ class ExtractorWithReference(nn.Module):
     stages: tuple = ()
     head_channels: int = 1280
     dropout: float = 0.2
+    depthwise_impl: str = "auto"
 
     def setup(self) -> None:
-        self.extractor = FeatureExtractor(self.extractor_channels, self.extractor_strides)
+        self.extractor = FeatureExtractor(
+            self.extractor_channels, self.extractor_strides, depthwise_impl=self.depthwise_impl
+        )
         self.reference = ReferenceNN(
             self.num_classes,
             width=self.width,
             stages=self.stages,
             head_channels=self.head_channels,
             dropout=self.dropout,
+            depthwise_impl=self.depthwise_impl,
         )
 
     def features(self, x: jax.Array, train: bool = False) -> jax.Array:

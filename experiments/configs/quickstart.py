@@ -33,11 +33,11 @@ def get_config():
     c.model.reference_stages = SMALL_STAGES
     c.model.reference_head_channels = 128
     c.preselect.num_samples = 1000
-    for stage, epochs in ((c.reference_train, 8), (c.train, 12)):
+    for stage, epochs in ((c.reference_train, 15), (c.train, 30)):
         stage.epochs = epochs
         stage.batch_size = 64
         stage.lr = 0.05
         stage.log_every_steps = 10
-        stage.eval_every_epochs = 4
+        stage.eval_every_epochs = 5
     c.eval_batch_size = 128
     return c

@@ -1,0 +1,187 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agilenn_jax import input_pipeline, train
+from agilenn_jax.checkpoint import Checkpointer, CheckpointError
+from tests.conftest import ROOT
+from tests.helpers import smoke_config
+
+RESULT_KEYS = {
+    "test_accuracy", "local_only_accuracy", "remote_only_accuracy", "achieved_skewness",
+    "disorder_violation_rate", "alpha", "remote_symbols_per_sample",
+    "remote_entropy_bits_per_sample", "num_params", "train_seconds",
+}
+
+
+@pytest.fixture(scope="module")
+def reference_workdir(tmp_path_factory):
+    """One pre-trained reference stage shared by the tests below (it takes most of the time)."""
+    wd = str(tmp_path_factory.mktemp("ref"))
+    out = train.run(smoke_config(), wd, "pretrain_reference")
+    assert out == {"stage": "reference", "complete": True}
+    return wd
+
+
+def _copy_reference(src, dst):
+    shutil.copytree(os.path.join(src, train.REFERENCE_DIR), os.path.join(dst, train.REFERENCE_DIR))
+
+
+def _final_params(config, workdir):
+    data = input_pipeline.load(config.data, config.seed)
+    state, _ = train.load_agilenn(config, data, workdir, train.make_mesh())
+    return jax.device_get(state.params), int(state.step)
+
+
+def test_resume_after_interruption_matches_uninterrupted(reference_workdir, tmp_path):
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    for wd in (full, cut):
+        _copy_reference(reference_workdir, wd)
+    res_full = train.run(smoke_config(epochs=2), full, "train")
+
+    out = train.run(smoke_config(epochs=2, stop_after_steps=5), cut, "train")
+    assert out == {"stage": "agilenn", "complete": False}
+    assert Checkpointer(os.path.join(cut, train.AGILENN_DIR)).latest_step() == 5
+    res_cut = train.run(smoke_config(epochs=2), cut, "train")  # the same command again
+
+    p_full, step_full = _final_params(smoke_config(epochs=2), full)
+    p_cut, step_cut = _final_params(smoke_config(epochs=2), cut)
+    assert step_full == step_cut == 2 * (898 // 64)
+    chex.assert_trees_all_close(p_full, p_cut, rtol=1e-5, atol=1e-6)
+    assert res_full["test_accuracy"] == pytest.approx(res_cut["test_accuracy"])
+    assert RESULT_KEYS <= set(res_full)
+    assert res_full["channel_perm"] == res_cut["channel_perm"]
+
+
+def test_preselection_permutation_is_exact(reference_workdir):
+    config = smoke_config()
+    data = input_pipeline.load(config.data, config.seed)
+    mesh = train.make_mesh()
+    ref = train.load_reference(config, data, reference_workdir, mesh)
+    pipe = input_pipeline.Pipeline(config.data, config.seed)
+    perm, freq = train.preselect_channels(config, ref, data, pipe, mesh)
+    assert sorted(perm.tolist()) == list(range(8))
+    k = train.num_local_channels(config)
+    assert np.all(freq[perm[:k]][:, None] >= freq[perm[k:]][None, :])
+    assert freq.sum() == pytest.approx(k)  # each sample contributes exactly k top-k hits
+
+    template = train.agilenn_state_template(config, data, mesh)
+    state = train.init_agilenn_from_reference(config, ref, perm, template)
+    x = jnp.asarray(next(pipe.eval_batches(data.eval, 16))["image"])
+    module = train.build_reference(config)
+    f_old = module.apply(ref.variables(), x, method="features")
+    f_new = train.build_agilenn(config).apply(state.variables(), x)["features"]
+    np.testing.assert_allclose(f_new, f_old[..., perm], rtol=1e-5, atol=1e-5)
+    # The frozen reference sees its original channel order: same logits as before.
+    ref_fn = train.reference_logits_fn(train.build_reference_nn(config), state.frozen)
+    np.testing.assert_allclose(ref_fn(f_new), module.apply(ref.variables(), x), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no AgileNN checkpoint"):
+        train.run(smoke_config(), str(tmp_path), "evaluate")
+    with pytest.raises(CheckpointError, match="pretrain_reference"):
+        train.run(smoke_config(), str(tmp_path), "train")
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [("loss.rho", 1.5, "rho"), ("model.k", 8, "k must be"), ("xai.rule", "simpson", "xai"),
+     ("loss.disorder", "x", "disorder"), ("train.batch_size", 0, "batch_size")],
+)
+def test_bad_config_values(tmp_path, key, value, match):
+    c = smoke_config()
+    section, name = key.split(".")
+    c[section][name] = value
+    with pytest.raises(ValueError, match=match):
+        train.run(c, str(tmp_path), "all")
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
+    ckpt = Checkpointer(str(tmp_path / "ck"))
+    state = {"w": jnp.arange(4.0)}
+    ckpt.save(3, state, {"stage": "x"})
+    restored, meta = ckpt.restore(state)
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "ck" / "3") for f in fs]
+    for f in files:
+        with open(f, "wb") as fh:
+            fh.write(b"garbage")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        Checkpointer(str(tmp_path / "ck")).restore(state)
+    assert all(os.path.exists(f) for f in files)  # nothing was deleted
+
+
+def test_data_parallel_step_on_8_fake_devices():
+    code = textwrap.dedent(
+        """
+        import jax, numpy as np, chex
+        from jax.sharding import Mesh
+        from agilenn_jax import input_pipeline, train
+        from tests.helpers import smoke_config
+        assert jax.device_count() == 8
+        c = smoke_config()
+        split = input_pipeline.Split(np.zeros((128, 8, 8, 3), np.uint8), np.zeros(128, np.int32))
+        data = input_pipeline.Data(split, split, "val", 10)
+        rng = np.random.default_rng(0)
+        batch = {"image": rng.normal(size=(64, 12, 12, 3)).astype(np.float32),
+                 "label": rng.integers(0, 10, 64).astype(np.int32)}
+        outs = []
+        for mesh in (train.make_mesh(), Mesh(np.asarray(jax.devices()[:1]), ("data",))):
+            state = train.agilenn_state_template(c, data, mesh)
+            step = train.jit_train_step(train.make_agilenn_train_step(c), mesh)
+            b = train.shard_batch(batch, mesh)
+            if mesh.size == 8:
+                assert len(b["image"].sharding.device_set) == 8
+                chex.assert_shape(b["image"].addressable_shards[0].data, (8, 12, 12, 3))
+            state, m = step(state, b, jax.random.key(0))
+            assert state.params["alpha_logit"].sharding.is_fully_replicated
+            outs.append((jax.device_get(state.params), jax.device_get(m)))
+        chex.assert_trees_all_close(outs[0], outs[1], rtol=2e-4, atol=2e-5)
+        print("OK", float(outs[0][1]["loss"]))
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+def _cli(*args, timeout=900):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "launch.main", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_smoke_run(tmp_path):
+    wd = str(tmp_path / "wd")
+    r = _cli("--config=experiments/configs/smoke.py", f"--workdir={wd}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "AgileNN results" in r.stdout
+    with open(os.path.join(wd, "results.json")) as f:
+        res = json.load(f)
+    assert RESULT_KEYS <= set(res)
+    assert 0.0 <= res["test_accuracy"] <= 1.0 and 0.0 <= res["achieved_skewness"] <= 1.0
+    assert res["remote_symbols_per_sample"] == 12 * 12 * 6
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd))  # TensorBoard
+    # Rerunning evaluates from the checkpoint without retraining.
+    r = _cli("--config=experiments/configs/smoke.py", f"--workdir={wd}", "--mode=evaluate")
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path):
+    r = _cli("--config=experiments/configs/smoke.py", f"--workdir={tmp_path}",
+             "--config.data.source=imagefolder", f"--config.data.path={tmp_path}/nope")
+    assert r.returncode != 0
+    assert "error: ImageFolder path" in r.stderr and "--config.data.path" in r.stderr

@@ -83,6 +83,7 @@ def _load_tfds(cfg: ml_collections.ConfigDict) -> tuple[dict[str, Split], int]:
     import tensorflow_datasets as tfds
 
     splits = {}
+    problem = "no prepared 'train' split"
     try:
         builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
         if cfg.download:
@@ -91,12 +92,14 @@ def _load_tfds(cfg: ml_collections.ConfigDict) -> tuple[dict[str, Split], int]:
             if name in builder.info.splits:
                 splits[name] = _to_split(builder.as_dataset(split=name, as_supervised=True), tf)
     except Exception as e:  # tfds raises many types; all mean "not available here".
+        problem = type(e).__name__
+    if "train" not in splits:
         raise DatasetError(
             f"tfds dataset {cfg.name!r} is not available (data_dir={cfg.data_dir or 'default'}, "
-            f"download={cfg.download}): {type(e).__name__}. Pass --config.data.data_dir=DIR "
+            f"download={cfg.download}): {problem}. Pass --config.data.data_dir=DIR "
             "holding a prepared copy, or --config.data.source=imagefolder "
             "--config.data.path=ROOT for a root/split/class/img folder."
-        ) from None
+        )
     return splits, int(builder.info.features["label"].num_classes)
 
 

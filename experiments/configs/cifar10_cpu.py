@@ -1,0 +1,39 @@
+"""CIFAR-10 on a 2-core CPU budget, from the shared ImageFolder tarball (seeded 10% hold-out).
+
+Same method and paper losses/quantizer (rho=0.8, k=5 of 24, 8 centroids); what is cut to fit
+under an hour of CPU: 32x32 input (no 96x96 resize: the extractor keeps 32x32, so the
+feature map is the paper's 32x32x24), narrow remote/reference MobileNetV2 stacks, few epochs.
+Command:
+    python -m launch.main --config=experiments/configs/cifar10_cpu.py --workdir=/tmp/c10cpu \
+        --config.data.path=../shared/datasets/cifar10_train_jpeg.tar.gz
+Expected runtime: ~50 min on 2 CPU cores. Expected result: ~65-70% val accuracy (far below the
+paper's ~94%: ~10x fewer epochs, ~10x smaller networks, no ImageNet-pretrained reference).
+"""
+
+from experiments.configs import cifar10
+
+CPU_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1))
+
+
+def get_config():
+    c = cifar10.get_config()
+    c.data.source = "imagefolder"
+    c.data.path = "../shared/datasets/cifar10_train_jpeg.tar.gz"
+    c.data.eval_split = "val"
+    c.data.val_fraction = 0.1
+    c.data.image_size = 32
+    c.model.extractor_strides = (1, 1)
+    c.model.remote_width = 0.5
+    c.model.remote_stages = CPU_STAGES
+    c.model.remote_head_channels = 256
+    c.model.reference_width = 0.5
+    c.model.reference_stages = CPU_STAGES
+    c.model.reference_head_channels = 256
+    c.preselect.num_samples = 2000
+    c.reference_train.epochs = 3
+    c.train.epochs = 4
+    for stage in (c.reference_train, c.train):
+        stage.batch_size = 128
+        stage.log_every_steps = 50
+        stage.eval_every_epochs = 2
+    return c

@@ -24,12 +24,9 @@ RESULT_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def reference_workdir(tmp_path_factory):
-    """One pre-trained reference stage shared by the tests below (it takes most of the time)."""
-    wd = str(tmp_path_factory.mktemp("ref"))
-    out = train.run(smoke_config(), wd, "pretrain_reference")
-    assert out == {"stage": "reference", "complete": True}
-    return wd
+def reference_workdir(trained_workdir):
+    """The pre-trained reference stage of the shared smoke run."""
+    return trained_workdir
 
 
 def _copy_reference(src, dst):

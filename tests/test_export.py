@@ -1,0 +1,105 @@
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from agilenn_jax import export
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def exported(trained_workdir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("export"))
+    return export.export(trained_workdir, out, num_calibration=64, num_verify=64), out
+
+
+def test_int8_model_runs_on_tflm_and_matches_jax(exported):
+    report, out = exported
+    for name in ("device_float32.tflite", "device_int8.tflite", "agilenn_device_model.h",
+                 "agilenn_device_model.cc", "export_report.json", "device_meta.json"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(report["ops"])
+    assert set(report["ops"]) <= export.TFLM_BUILTINS
+    scale = report["device"]["quant"]["remote_features"]["scale"]
+    for runtime in ("tflm", "tflite"):
+        v = report["verification"][runtime]
+        # int8 features: worst element within 5% of the ReLU6 range, mean within one step.
+        assert v["features_max_abs_err"] <= 0.3, v
+        assert v["features_mean_abs_err"] <= scale, v
+        assert v["index_agreement"] >= 0.95, v
+    # TFLM and the TFLite interpreter: same conv kernels (identical features and indices); their
+    # SUM/MEAN reference kernels round differently, so logits agree closely, not bit-exactly.
+    tflm, lite = report["verification"]["tflm"], report["verification"]["tflite"]
+    for key in ("features_max_abs_err", "features_mean_abs_err", "index_agreement"):
+        assert tflm[key] == lite[key], key
+    assert abs(tflm["local_logits_mean_abs_err"] - lite["local_logits_mean_abs_err"]) < 0.01
+    b = report["budget"]
+    assert 0 < b["flash_bytes"] < export.FLASH_BUDGET and 0 < b["arena_bytes"] < export.SRAM_BUDGET
+    assert report["latency_estimate"]["ms_at_64mhz"] > report["latency_estimate"]["ms_at_216mhz"]
+    with open(os.path.join(out, "export_report.json")) as f:
+        assert json.load(f)["budget"] == b
+
+
+def test_tflm_runner_matches_report_and_indices_are_exact(exported, trained_workdir):
+    report, out = exported
+    with open(os.path.join(out, "device_int8.tflite"), "rb") as f:
+        model = f.read()
+    runner = export.TFLMRunner(model)
+    assert runner.arena_bytes() == report["budget"]["arena_bytes"]
+    meta = report["device"]
+    c = np.asarray(meta["centroids"])
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(1, meta["image_size"], meta["image_size"], 3)).astype(np.float32)
+    logits_q, feat_q = runner(img)
+    assert logits_q.shape == (1, meta["num_classes"]) and feat_q.dtype == np.int8
+    idx = export.indices_from_int8(feat_q, np.asarray(meta["int8_thresholds"]))
+    # The threshold lookup is nearest-centroid on the dequantized value, for every int8 value.
+    q = np.arange(-128, 128, dtype=np.int8)
+    deq = export.dequantize(q, meta["quant"]["remote_features"])
+    np.testing.assert_array_equal(
+        export.indices_from_int8(q, np.asarray(meta["int8_thresholds"])),
+        np.argmin(np.abs(deq[:, None] - c[None]), axis=1),
+    )
+    assert idx.max() < len(c)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
+def test_firmware_files_compile(exported, tmp_path):
+    _, out = exported
+    r = subprocess.run(["g++", "-std=c++17", "-c", os.path.join(out, "agilenn_device_model.cc"),
+                        "-o", str(tmp_path / "m.o")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_export_errors(trained_workdir, tmp_path, monkeypatch):
+    with pytest.raises(export.ExportError, match="config.json"):
+        export.export(str(tmp_path), str(tmp_path / "o"))
+    # A workdir whose checkpoint is missing.
+    wd = tmp_path / "nockpt"
+    wd.mkdir()
+    shutil.copy(os.path.join(trained_workdir, "config.json"), wd / "config.json")
+    with pytest.raises(export.ExportError, match="no AgileNN checkpoint"):
+        export.export(str(wd), str(tmp_path / "o"))
+    # Over the flash budget: a clear error, unless explicitly allowed.
+    monkeypatch.setattr(export, "FLASH_BUDGET", 1024)
+    with pytest.raises(export.ExportError, match="allow_over_budget"):
+        export.export(trained_workdir, str(tmp_path / "o"), 32, 16)
+    assert not os.path.exists(tmp_path / "o" / "export_report.json")
+    report = export.export(trained_workdir, str(tmp_path / "o"), 32, 16, allow_over_budget=True)
+    assert report["over_budget"] == ["flash"]
+
+
+def test_export_cli(trained_workdir, tmp_path):
+    r = subprocess.run(
+        ["python", "-m", "launch.export", f"--workdir={trained_workdir}",
+         f"--output_dir={tmp_path}", "--num_calibration=32", "--num_verify=16"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "AgileNN device export" in r.stdout and "est. latency" in r.stdout
+    r = subprocess.run(["python", "-m", "launch.export", f"--workdir={tmp_path}/missing"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "error:" in r.stderr

@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 import time
+import zlib
 from typing import Any
 
 import jax
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from agilenn_jax import input_pipeline, train
+from agilenn_jax import codec, input_pipeline, train
 from agilenn_jax.models.agilenn import feature_shape
 
 FLASH_BUDGET = 1024 * 1024  # STM32F746: 1 MB flash
@@ -377,6 +378,9 @@ def export(
             f"(flash {flash} / {FLASH_BUDGET} B, arena {arena} / {SRAM_BUDGET} B); "
             "shrink the extractor or pass --allow_over_budget"
         )
+    model_id = zlib.crc32(int8_model)
+    codec_model = fit_codec_model(model, variables, pipe, data.train, num_calibration * 5,
+                                  int(config.model.num_centroids), model_id)
     rows = layer_macs(config, k)
     latency = latency_estimate(rows)
     h, w, c = feature_shape(config.data.image_size, config.model.extractor_channels,
@@ -387,6 +391,7 @@ def export(
         "centroids": centroids.tolist(), "int8_thresholds": thresholds.tolist(),
         "quant": qp, "arena_bytes": arena, "remote_shape": [h, w, c - k],
         "mean": list(config.data.mean), "std": list(config.data.std),
+        "model_id": model_id,
     }
     os.makedirs(output_dir, exist_ok=True)
     files = {}
@@ -413,20 +418,32 @@ def export(
         "convert_seconds": convert_s,
         "files": files,
     }
+    codec_model.save(os.path.join(output_dir, "codec_model.json"))
+    files["codec_model.json"] = os.path.join(output_dir, "codec_model.json")
     train.write_json(os.path.join(output_dir, "device_meta.json"), meta)
     train.write_json(os.path.join(output_dir, "export_report.json"), report)
     return report
 
 
-def _images(pipe, split, n: int) -> np.ndarray:
-    out, have = [], 0
+def fit_codec_model(model, variables, pipe, split, n, num_centroids, model_id):
+    """The codec's static per-channel probabilities, fitted on training-set indices."""
+    fn = jax.jit(lambda x: model.apply(variables, x, method="device")["indices"])
+    idx = np.concatenate([np.asarray(fn(jnp.asarray(b["image"])))[b["mask"] > 0]
+                          for b in _batches(pipe, split, n)])
+    return codec.ProbabilityModel.fit(idx, num_centroids, model_id)
+
+
+def _batches(pipe, split, n: int):
+    have = 0
     for b in pipe.eval_batches(split, 100):
-        real = b["image"][b["mask"] > 0]
-        out.append(real)
-        have += len(real)
+        yield b
+        have += int(b["mask"].sum())
         if have >= n:
-            break
-    return np.concatenate(out)[:n]
+            return
+
+
+def _images(pipe, split, n: int) -> np.ndarray:
+    return np.concatenate([b["image"][b["mask"] > 0] for b in _batches(pipe, split, n)])[:n]
 
 
 def _verify(config, model, variables, runner, float_model, int8_model, qp, thresholds, pipe,

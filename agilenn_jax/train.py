@@ -460,6 +460,8 @@ def fit(
 
 
 def _steps_per_epoch(tc, data) -> int:
+    if data is None:  # restoring for inference: the schedule length does not shape the state
+        return 1
     n = len(data.train) // tc.batch_size
     if n == 0:
         raise input_pipeline.DatasetError(

@@ -302,8 +302,18 @@ class Codec:
         ident = CODERS[self.coder_name].ident
         payload = self._coder(ident).encode(np.ascontiguousarray(indices, np.uint8))
         h, w, c = indices.shape
-        head = HEADER.pack(MAGIC, VERSION, ident, self.k, self.model.num_centroids, h, w, c,
-                           self.model.model_id & 0xFFFFFFFF, len(payload))
+        head = HEADER.pack(
+            MAGIC,
+            VERSION,
+            ident,
+            self.k,
+            self.model.num_centroids,
+            h,
+            w,
+            c,
+            self.model.model_id & 0xFFFFFFFF,
+            len(payload),
+        )
         body = head + payload
         return body + CRC.pack(zlib.crc32(body))
 
@@ -316,9 +326,7 @@ class Codec:
         if version != VERSION:
             raise FrameError(f"frame version {version} is not supported (this is {VERSION})")
         if len(frame) != HEADER.size + plen + CRC.size:
-            raise FrameError(
-                f"frame length {len(frame)} does not match its payload length {plen}"
-            )
+            raise FrameError(f"frame length {len(frame)} does not match its payload length {plen}")
         (crc,) = CRC.unpack_from(frame, len(frame) - CRC.size)
         if crc != zlib.crc32(frame[: -CRC.size]):
             raise FrameError("frame CRC32 mismatch (corrupted in transit)")

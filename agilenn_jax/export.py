@@ -30,18 +30,22 @@ FLASH_BUDGET = 1024 * 1024  # STM32F746: 1 MB flash
 SRAM_BUDGET = 320 * 1024  # 320 KB SRAM
 CLOCKS_MHZ = (216, 128, 64)
 
-# Builtin operators registered by TFLite Micro's op resolver (tflite-micro micro_mutable_op_resolver).
+# Builtin operators registered by TFLite Micro (tflite-micro micro_mutable_op_resolver.h).
 TFLM_BUILTINS = frozenset(
-    """ABS ADD ADD_N ARG_MAX ARG_MIN ASSIGN_VARIABLE AVERAGE_POOL_2D BATCH_MATMUL BATCH_TO_SPACE_ND
-    BROADCAST_ARGS BROADCAST_TO CALL_ONCE CAST CEIL CIRCULAR_BUFFER CONCATENATION CONV_2D COS CUMSUM
-    DEPTH_TO_SPACE DEPTHWISE_CONV_2D DEQUANTIZE DIV ELU EMBEDDING_LOOKUP EQUAL ETHOSU EXP EXPAND_DIMS
-    FILL FLOOR FLOOR_DIV FLOOR_MOD FULLY_CONNECTED GATHER GATHER_ND GREATER GREATER_EQUAL HARD_SWISH
-    IF L2_NORMALIZATION L2_POOL_2D LEAKY_RELU LESS LESS_EQUAL LOG LOG_SOFTMAX LOGICAL_AND LOGICAL_NOT
-    LOGICAL_OR LOGISTIC MAX_POOL_2D MAXIMUM MEAN MINIMUM MIRROR_PAD MUL NEG NOT_EQUAL PACK PAD PADV2
-    PRELU QUANTIZE READ_VARIABLE REDUCE_MAX RELU RELU6 RESHAPE RESIZE_BILINEAR
-    RESIZE_NEAREST_NEIGHBOR ROUND RSQRT SELECT_V2 SHAPE SIN SLICE SOFTMAX SPACE_TO_BATCH_ND
-    SPACE_TO_DEPTH SPLIT SPLIT_V SQRT SQUARE SQUARED_DIFFERENCE SQUEEZE STRIDED_SLICE SUB SUM SVDF
-    TANH TRANSPOSE TRANSPOSE_CONV UNIDIRECTIONAL_SEQUENCE_LSTM UNPACK VAR_HANDLE WHILE ZEROS_LIKE""".split()
+    (
+        "ABS ADD ADD_N ARG_MAX ARG_MIN ASSIGN_VARIABLE AVERAGE_POOL_2D BATCH_MATMUL "
+        "BATCH_TO_SPACE_ND BROADCAST_ARGS BROADCAST_TO CALL_ONCE CAST CEIL CIRCULAR_BUFFER "
+        "CONCATENATION CONV_2D COS CUMSUM DEPTH_TO_SPACE DEPTHWISE_CONV_2D DEQUANTIZE DIV ELU "
+        "EMBEDDING_LOOKUP EQUAL ETHOSU EXP EXPAND_DIMS FILL FLOOR FLOOR_DIV FLOOR_MOD "
+        "FULLY_CONNECTED GATHER GATHER_ND GREATER GREATER_EQUAL HARD_SWISH IF L2_NORMALIZATION "
+        "L2_POOL_2D LEAKY_RELU LESS LESS_EQUAL LOG LOG_SOFTMAX LOGICAL_AND LOGICAL_NOT LOGICAL_OR "
+        "LOGISTIC MAX_POOL_2D MAXIMUM MEAN MINIMUM MIRROR_PAD MUL NEG NOT_EQUAL PACK PAD PADV2 "
+        "PRELU QUANTIZE READ_VARIABLE REDUCE_MAX RELU RELU6 RESHAPE RESIZE_BILINEAR "
+        "RESIZE_NEAREST_NEIGHBOR ROUND RSQRT SELECT_V2 SHAPE SIN SLICE SOFTMAX SPACE_TO_BATCH_ND "
+        "SPACE_TO_DEPTH SPLIT SPLIT_V SQRT SQUARE SQUARED_DIFFERENCE SQUEEZE STRIDED_SLICE SUB SUM "
+        "SVDF TANH TRANSPOSE TRANSPOSE_CONV UNIDIRECTIONAL_SEQUENCE_LSTM UNPACK VAR_HANDLE WHILE "
+        "ZEROS_LIKE "
+    ).split()
 )
 
 # Cycle model for int8 CMSIS-NN kernels on a Cortex-M7 (dual-issue, SIMD SMLAD = 2 MACs/cycle).
@@ -143,8 +147,12 @@ def quant_params(model: bytes) -> dict[str, Any]:
     inp = it.get_input_details()[0]
     outs = sorted(it.get_output_details(), key=lambda d: len(d["shape"]))  # logits, then features
     q = lambda d: {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}  # noqa: E731
-    return {"input": q(inp), "local_logits": q(outs[0]), "remote_features": q(outs[1]),
-            "output_order": [d["name"] for d in outs]}
+    return {
+        "input": q(inp),
+        "local_logits": q(outs[0]),
+        "remote_features": q(outs[1]),
+        "output_order": [d["name"] for d in outs],
+    }
 
 
 def quantize(x: np.ndarray, p: dict[str, Any]) -> np.ndarray:
@@ -239,8 +247,9 @@ def layer_macs(config: ml_collections.ConfigDict, k: int) -> list[dict[str, Any]
         rows.append({"layer": f"pw{i}", "op": "CONV_2D", "macs": s * s * cin * int(c)})
         cin = int(c)
     rows.append({"layer": "local_gap", "op": "SUM", "elements": s * s * k})
-    rows.append({"layer": "local_dense", "op": "FULLY_CONNECTED",
-                 "macs": k * int(config.data.num_classes)})
+    rows.append(
+        {"layer": "local_dense", "op": "FULLY_CONNECTED", "macs": k * int(config.data.num_classes)}
+    )
     return rows
 
 
@@ -315,8 +324,10 @@ alignas(16) const unsigned char g_agilenn_device_model[] = {{
 }};
 const unsigned int g_agilenn_device_model_len = {len(model)};
 """
-    paths = [os.path.join(out_dir, "agilenn_device_model.h"),
-             os.path.join(out_dir, "agilenn_device_model.cc")]
+    paths = [
+        os.path.join(out_dir, "agilenn_device_model.h"),
+        os.path.join(out_dir, "agilenn_device_model.cc"),
+    ]
     for path, text in zip(paths, (h, cc), strict=True):
         with open(path, "w") as f:
             f.write(text)
@@ -359,8 +370,20 @@ def export(
 
     runner = TFLMRunner(int8_model)
     arena = runner.arena_bytes()
-    verify = _verify(config, model, variables, runner, float_model, int8_model, qp, thresholds,
-                     pipe, data.eval, num_verify, alpha)
+    verify = _verify(
+        config,
+        model,
+        variables,
+        runner,
+        float_model,
+        int8_model,
+        qp,
+        thresholds,
+        pipe,
+        data.eval,
+        num_verify,
+        alpha,
+    )
     flash = len(int8_model)
     budget = {
         "flash_bytes": flash,
@@ -370,8 +393,11 @@ def export(
         "sram_budget_bytes": SRAM_BUDGET,
         "sram_headroom_bytes": SRAM_BUDGET - arena,
     }
-    over = [n for n, b in (("flash", FLASH_BUDGET - flash), ("SRAM arena", SRAM_BUDGET - arena))
-            if b < 0]
+    over = [
+        n
+        for n, b in (("flash", FLASH_BUDGET - flash), ("SRAM arena", SRAM_BUDGET - arena))
+        if b < 0
+    ]
     if over and not allow_over_budget:
         raise ExportError(
             f"device model exceeds the STM32F746 {' and '.join(over)} budget "
@@ -379,18 +405,33 @@ def export(
             "shrink the extractor or pass --allow_over_budget"
         )
     model_id = zlib.crc32(int8_model)
-    codec_model = fit_codec_model(model, variables, pipe, data.train, num_calibration * 5,
-                                  int(config.model.num_centroids), model_id)
+    codec_model = fit_codec_model(
+        model,
+        variables,
+        pipe,
+        data.train,
+        num_calibration * 5,
+        int(config.model.num_centroids),
+        model_id,
+    )
     rows = layer_macs(config, k)
     latency = latency_estimate(rows)
-    h, w, c = feature_shape(config.data.image_size, config.model.extractor_channels,
-                            config.model.extractor_strides)
+    h, w, c = feature_shape(
+        config.data.image_size, config.model.extractor_channels, config.model.extractor_strides
+    )
     meta = {
-        "k": k, "num_channels": c, "num_classes": int(config.data.num_classes),
-        "image_size": int(config.data.image_size), "alpha": alpha,
-        "centroids": centroids.tolist(), "int8_thresholds": thresholds.tolist(),
-        "quant": qp, "arena_bytes": arena, "remote_shape": [h, w, c - k],
-        "mean": list(config.data.mean), "std": list(config.data.std),
+        "k": k,
+        "num_channels": c,
+        "num_classes": int(config.data.num_classes),
+        "image_size": int(config.data.image_size),
+        "alpha": alpha,
+        "centroids": centroids.tolist(),
+        "int8_thresholds": thresholds.tolist(),
+        "quant": qp,
+        "arena_bytes": arena,
+        "remote_shape": [h, w, c - k],
+        "mean": list(config.data.mean),
+        "std": list(config.data.std),
         "model_id": model_id,
     }
     os.makedirs(output_dir, exist_ok=True)
@@ -412,8 +453,11 @@ def export(
         "verification": verify,
         "layers": rows,
         "latency_estimate": latency,
-        "cycle_model": {"cycles_per_mac": CYCLES_PER_MAC, "cycles_per_element": CYCLES_PER_ELEMENT,
-                        "source": "assumed CMSIS-NN int8 rates on Cortex-M7; see export.py"},
+        "cycle_model": {
+            "cycles_per_mac": CYCLES_PER_MAC,
+            "cycles_per_element": CYCLES_PER_ELEMENT,
+            "source": "assumed CMSIS-NN int8 rates on Cortex-M7; see export.py",
+        },
         "device": meta,
         "convert_seconds": convert_s,
         "files": files,
@@ -428,8 +472,9 @@ def export(
 def fit_codec_model(model, variables, pipe, split, n, num_centroids, model_id):
     """The codec's static per-channel probabilities, fitted on training-set indices."""
     fn = jax.jit(lambda x: model.apply(variables, x, method="device")["indices"])
-    idx = np.concatenate([np.asarray(fn(jnp.asarray(b["image"])))[b["mask"] > 0]
-                          for b in _batches(pipe, split, n)])
+    idx = np.concatenate(
+        [np.asarray(fn(jnp.asarray(b["image"])))[b["mask"] > 0] for b in _batches(pipe, split, n)]
+    )
     return codec.ProbabilityModel.fit(idx, num_centroids, model_id)
 
 
@@ -446,8 +491,9 @@ def _images(pipe, split, n: int) -> np.ndarray:
     return np.concatenate([b["image"][b["mask"] > 0] for b in _batches(pipe, split, n)])[:n]
 
 
-def _verify(config, model, variables, runner, float_model, int8_model, qp, thresholds, pipe,
-            split, n, alpha) -> dict[str, Any]:
+def _verify(
+    config, model, variables, runner, float_model, int8_model, qp, thresholds, pipe, split, n, alpha
+) -> dict[str, Any]:
     """int8 on TFLM and on the TFLite interpreter vs the JAX model, on held-out samples."""
     n = min(n, len(split))
     sub = input_pipeline.Split(split.images[:n], split.labels[:n])
@@ -484,8 +530,9 @@ def _verify(config, model, variables, runner, float_model, int8_model, qp, thres
     f_logits = np.concatenate([flt_run(flt, images[i : i + 1])[0] for i in range(n)])
     res["float_tflite_local_logits_max_abs_err"] = float(np.abs(f_logits - j_logits).max())
     res["accuracy_float"] = float(np.mean(j_full.argmax(-1) == labels))
-    res["accuracy_drop_int8"] = res["accuracy_float"] - res["tflm"][
-        "accuracy_int8_device_float_remote"]
+    res["accuracy_drop_int8"] = (
+        res["accuracy_float"] - res["tflm"]["accuracy_int8_device_float_remote"]
+    )
     return res
 
 
@@ -522,10 +569,16 @@ def format_report(report: dict[str, Any]) -> str:
             f"{r['local_logits_max_abs_err']:>15.4f}{r['index_agreement']:>11.4f}"
             f"{r['local_argmax_agreement']:>14.4f}{r['accuracy_int8_device_float_remote']:>8.4f}"
         )
-    lines.append(f"  float accuracy {v['accuracy_float']:.4f}, int8 drop "
-                 f"{v['accuracy_drop_int8']:+.4f} ({v['samples']} held-out samples)")
-    lines.append("  MACs: " + ", ".join(f"{r['layer']}={r.get('macs', r.get('elements'))}"
-                                        for r in report["layers"]))
-    lines.append("  est. latency: " + ", ".join(
-        f"{lat[f'ms_at_{m}mhz']:.2f} ms @ {m} MHz" for m in CLOCKS_MHZ))
+    lines.append(
+        f"  float accuracy {v['accuracy_float']:.4f}, int8 drop "
+        f"{v['accuracy_drop_int8']:+.4f} ({v['samples']} held-out samples)"
+    )
+    lines.append(
+        "  MACs: "
+        + ", ".join(f"{r['layer']}={r.get('macs', r.get('elements'))}" for r in report["layers"])
+    )
+    lines.append(
+        "  est. latency: "
+        + ", ".join(f"{lat[f'ms_at_{m}mhz']:.2f} ms @ {m} MHz" for m in CLOCKS_MHZ)
+    )
     return "\n".join(lines)

@@ -49,7 +49,9 @@ def _tf():
 
 def _holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     if not 0.0 < fraction < 1.0:
-        raise DatasetError(f"data.val_fraction must be in (0, 1) to hold out a split, got {fraction}")
+        raise DatasetError(
+            f"data.val_fraction must be in (0, 1) to hold out a split, got {fraction}"
+        )
     perm = np.random.default_rng(seed).permutation(len(split))
     n_val = max(1, int(round(fraction * len(split))))
     val, tr = perm[:n_val], perm[n_val:]

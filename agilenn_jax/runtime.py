@@ -32,8 +32,13 @@ LEN = struct.Struct("<I")
 REPLY = struct.Struct("<4sBfH")
 REPLY_MAGIC = b"AGNR"
 OK, BAD_FRAME, TOO_LARGE, BUSY, INTERNAL = range(5)
-STATUS_NAMES = {OK: "ok", BAD_FRAME: "bad frame", TOO_LARGE: "too large", BUSY: "busy",
-                INTERNAL: "internal error"}
+STATUS_NAMES = {
+    OK: "ok",
+    BAD_FRAME: "bad frame",
+    TOO_LARGE: "too large",
+    BUSY: "busy",
+    INTERNAL: "internal error",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +69,9 @@ LINK_PRESETS = {
 }
 
 
-def encode_reply(status: int, server_ms: float, logits: np.ndarray | None = None,
-                 message: str = "") -> bytes:
+def encode_reply(
+    status: int, server_ms: float, logits: np.ndarray | None = None, message: str = ""
+) -> bytes:
     if status == OK:
         data = np.asarray(logits, "<f4").tobytes()
         n = len(logits)
@@ -106,8 +112,9 @@ class RemoteModel:
         self.num_classes = int(config.data.num_classes)
         self.max_batch = int(max_batch)
         self._fn = jax.jit(
-            lambda idx: model.apply(variables, self.centroids[idx.astype(jnp.int32)],
-                                    method="server")
+            lambda idx: model.apply(
+                variables, self.centroids[idx.astype(jnp.int32)], method="server"
+            )
         )
 
     def bucket(self, n: int) -> int:
@@ -131,9 +138,17 @@ class RemoteModel:
 class Server:
     """asyncio TCP server: decode frames, dynamically batch them through the remote NN."""
 
-    def __init__(self, remote: RemoteModel, codec_: codec.Codec, host: str = "127.0.0.1",
-                 port: int = 0, max_frame_bytes: int = 1 << 20, max_connections: int = 64,
-                 max_delay_ms: float = 2.0, read_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        remote: RemoteModel,
+        codec_: codec.Codec,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_frame_bytes: int = 1 << 20,
+        max_connections: int = 64,
+        max_delay_ms: float = 2.0,
+        read_timeout_s: float = 30.0,
+    ):
         self.remote, self.codec = remote, codec_
         self.host, self.port = host, port
         self.max_frame_bytes, self.max_connections = max_frame_bytes, max_connections
@@ -183,20 +198,25 @@ class Server:
         try:
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readexactly(LEN.size),
-                                                  self.read_timeout_s)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                    head = await asyncio.wait_for(reader.readexactly(LEN.size), self.read_timeout_s)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return
                 (n,) = LEN.unpack(head)
                 if n > self.max_frame_bytes:
                     self.stats["errors"] += 1
-                    await self._reply(writer, encode_reply(
-                        TOO_LARGE, 0.0, message=f"frame of {n} bytes exceeds the "
-                        f"{self.max_frame_bytes}-byte limit"))
+                    await self._reply(
+                        writer,
+                        encode_reply(
+                            TOO_LARGE,
+                            0.0,
+                            message=f"frame of {n} bytes exceeds the "
+                            f"{self.max_frame_bytes}-byte limit",
+                        ),
+                    )
                     return  # cannot resynchronise without reading it: drop the connection
                 try:
                     frame = await asyncio.wait_for(reader.readexactly(n), self.read_timeout_s)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return
                 await self._reply(writer, await self._process(frame))
         except Exception:  # a client vanishing mid-write must not take the server down
@@ -236,7 +256,7 @@ class Server:
                     break
                 try:
                     items.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             shapes = {it[0].shape for it in items}
             groups = [[it for it in items if it[0].shape == s] for s in shapes]
@@ -265,9 +285,17 @@ def load_codec(export_dir: str, coder: str = "range") -> tuple[codec.Codec, dict
     return codec.Codec(codec.ProbabilityModel.load(model_path), meta["k"], coder), meta
 
 
-async def serve(workdir: str, export_dir: str, host: str, port: int, max_batch: int,
-                max_delay_ms: float, max_connections: int, max_frame_bytes: int,
-                ready_file: str | None = None) -> dict[str, int]:
+async def serve(
+    workdir: str,
+    export_dir: str,
+    host: str,
+    port: int,
+    max_batch: int,
+    max_delay_ms: float,
+    max_connections: int,
+    max_frame_bytes: int,
+    ready_file: str | None = None,
+) -> dict[str, int]:
     """Run until SIGTERM/SIGINT; returns the server's counters."""
     codec_, meta = load_codec(export_dir)
     remote = RemoteModel(workdir, max_batch)
@@ -332,9 +360,16 @@ class RemoteClient:
 class Device:
     """Plays the MCU: int8 device model on TFLM, index lookup, encode, send, combine."""
 
-    def __init__(self, export_dir: str, host: str = "127.0.0.1", port: int = 0,
-                 link: Link = LINK_PRESETS["wifi_6m"], coder: str = "range",
-                 timeout_s: float = 2.0, seed: int = 0):
+    def __init__(
+        self,
+        export_dir: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        link: Link = LINK_PRESETS["wifi_6m"],
+        coder: str = "range",
+        timeout_s: float = 2.0,
+        seed: int = 0,
+    ):
         with open(os.path.join(export_dir, "device_int8.tflite"), "rb") as f:
             self.runner = export.TFLMRunner(f.read())
         self.codec, self.meta = load_codec(export_dir, coder)
@@ -360,9 +395,13 @@ class Device:
         t0 = time.perf_counter()
         frame = self.codec.encode(idx)
         encode_ms = 1e3 * (time.perf_counter() - t0)
-        out = {"local_host_ms": host_ms, "local_mcu_est_ms": self.mcu_local_ms,
-               "encode_ms": encode_ms, "bytes": len(frame),
-               "transmit_ms": 1e3 * self.link.transmit_seconds(len(frame), self.rng)}
+        out = {
+            "local_host_ms": host_ms,
+            "local_mcu_est_ms": self.mcu_local_ms,
+            "encode_ms": encode_ms,
+            "bytes": len(frame),
+            "transmit_ms": 1e3 * self.link.transmit_seconds(len(frame), self.rng),
+        }
         t0 = time.perf_counter()
         try:
             status, server_ms, data = self.client.request(frame)
@@ -375,8 +414,12 @@ class Device:
             out.update(prediction=int(np.argmax(combined)), fallback=False)
         else:
             out.update(prediction=int(np.argmax(local_logits)), fallback=True, reason=str(data))
-        out["total_ms"] = (out["local_mcu_est_ms"] + encode_ms + out["transmit_ms"]
-                           + (server_ms if status == OK else 0.0))
+        out["total_ms"] = (
+            out["local_mcu_est_ms"]
+            + encode_ms
+            + out["transmit_ms"]
+            + (server_ms if status == OK else 0.0)
+        )
         return out
 
 
@@ -404,8 +447,9 @@ def coder_sizes(codec_: codec.Codec, indices: np.ndarray) -> dict[str, float]:
     return out
 
 
-def run_device(device: Device, workdir: str, images: np.ndarray, labels: np.ndarray,
-               progress_every: int = 100) -> dict[str, Any]:
+def run_device(
+    device: Device, workdir: str, images: np.ndarray, labels: np.ndarray, progress_every: int = 100
+) -> dict[str, Any]:
     """Infer every image through the socket; compare with the offline (in-process) path."""
     rows, all_idx = [], []
     for i, img in enumerate(images):
@@ -435,9 +479,18 @@ def run_device(device: Device, workdir: str, images: np.ndarray, labels: np.ndar
         "offline_accuracy": float(np.mean(offline == labels)),
         "same_predictions_as_offline": float(np.mean(preds == offline)),
         "fallbacks": int(sum(r["fallback"] for r in rows)),
-        "latency_ms": {key: mean(key) for key in (
-            "local_host_ms", "local_mcu_est_ms", "encode_ms", "transmit_ms", "server_ms",
-            "round_trip_ms", "total_ms")},
+        "latency_ms": {
+            key: mean(key)
+            for key in (
+                "local_host_ms",
+                "local_mcu_est_ms",
+                "encode_ms",
+                "transmit_ms",
+                "server_ms",
+                "round_trip_ms",
+                "total_ms",
+            )
+        },
         "bytes_per_sample": mean("bytes"),
         "frame_header_bytes": header_bytes,
         "coder_bytes_per_sample": coder_sizes(device.codec, idx),
@@ -459,7 +512,9 @@ def format_device_report(r: dict[str, Any]) -> str:
     ]
     for name, b in sorted(r["coder_bytes_per_sample"].items(), key=lambda kv: kv[1]):
         lines.append(f"  {name:<10}{b:>14.1f}")
-    lines.append(f"  {'entropy':<10}{r['empirical_entropy_bytes_per_sample']:>14.1f}  "
-                 f"(empirical, per channel; static model: "
-                 f"{r['static_model_bytes_per_sample']:.1f})")
+    lines.append(
+        f"  {'entropy':<10}{r['empirical_entropy_bytes_per_sample']:>14.1f}  "
+        f"(empirical, per channel; static model: "
+        f"{r['static_model_bytes_per_sample']:.1f})"
+    )
     return "\n".join(lines)

@@ -270,9 +270,7 @@ def make_agilenn_train_step(config: ml_collections.ConfigDict, use_xai: bool = T
             )
             return loss, (out, upd["batch_stats"], parts)
 
-        (loss, (out, stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
+        (loss, (out, stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         metrics = {
             "loss": loss,
             "accuracy": _accuracy(out["logits"], labels),
@@ -406,8 +404,13 @@ def fit(
     base_rng = jax.random.key(seed)
     window: list[dict[str, jax.Array]] = []
     run_steps = 0
-    logging.info("[%s] %d steps/epoch, %d epochs, starting at step %d", name, steps_per_epoch,
-                 tc.epochs, step)
+    logging.info(
+        "[%s] %d steps/epoch, %d epochs, starting at step %d",
+        name,
+        steps_per_epoch,
+        tc.epochs,
+        step,
+    )
 
     def flush(epoch: int) -> None:
         if not window:
@@ -440,8 +443,9 @@ def fit(
             if tc.stop_after_steps > 0 and run_steps >= tc.stop_after_steps and step < total:
                 flush(epoch + 1)
                 ckpt.save(step, state, meta)
-                logging.info("[%s] stopping after %d steps at step %d (checkpointed)", name,
-                             run_steps, step)
+                logging.info(
+                    "[%s] stopping after %d steps at step %d (checkpointed)", name, run_steps, step
+                )
                 return state, False
             if tc.checkpoint_every_steps > 0 and step % tc.checkpoint_every_steps == 0:
                 ckpt.save(step, state, meta)
@@ -485,8 +489,19 @@ def pretrain_reference(config, data, pipeline, workdir, writer, mesh) -> tuple[T
         state, _ = ckpt.restore(state)
         logging.info("[reference] resumed from step %d", int(state.step))
     return fit(
-        "reference", state, reference_train_step, reference_eval_step, config.reference_train,
-        data, pipeline, ckpt, writer, mesh, config.seed, config.eval_batch_size, {"stage": "reference"}
+        "reference",
+        state,
+        reference_train_step,
+        reference_eval_step,
+        config.reference_train,
+        data,
+        pipeline,
+        ckpt,
+        writer,
+        mesh,
+        config.seed,
+        config.eval_batch_size,
+        {"stage": "reference"},
     )
 
 
@@ -528,8 +543,9 @@ def preselect_channels(
 
     n = min(len(data.train), int(config.preselect.num_samples))
     subset = input_pipeline.Split(data.train.images[:n], data.train.labels[:n])
-    sums = _evaluate(jit_eval_step(fn, mesh), ref_state, pipeline, subset,
-                     config.eval_batch_size, mesh)
+    sums = _evaluate(
+        jit_eval_step(fn, mesh), ref_state, pipeline, subset, config.eval_batch_size, mesh
+    )
     freq = sums["hits"] / n
     # Most frequent first; ties broken by mean importance.
     perm = np.lexsort((-sums["importance"], -freq))
@@ -576,8 +592,9 @@ def init_agilenn_from_reference(config, ref_state, perm, template) -> TrainState
         "batch_stats": ref_state.batch_stats["reference"],
         "inv_perm": jnp.asarray(np.argsort(perm), jnp.int32),
     }
-    return template.replace(params=params, batch_stats=stats, opt_state=template.tx.init(params),
-                            frozen=frozen)
+    return template.replace(
+        params=params, batch_stats=stats, opt_state=template.tx.init(params), frozen=frozen
+    )
 
 
 def train_agilenn(config, data, pipeline, workdir, writer, mesh) -> tuple[TrainState, bool, dict]:
@@ -592,16 +609,32 @@ def train_agilenn(config, data, pipeline, workdir, writer, mesh) -> tuple[TrainS
         c = int(config.model.extractor_channels[-1])
         if config.preselect.enabled:
             perm, freq = preselect_channels(config, ref_state, data, pipeline, mesh)
-            logging.info("[agilenn] Algorithm 1 top-k frequencies %s -> order %s",
-                         np.round(freq, 3).tolist(), perm.tolist())
+            logging.info(
+                "[agilenn] Algorithm 1 top-k frequencies %s -> order %s",
+                np.round(freq, 3).tolist(),
+                perm.tolist(),
+            )
         else:
             perm, freq = np.arange(c, dtype=np.int32), np.zeros(c)
         state = replicate(init_agilenn_from_reference(config, ref_state, perm, template), mesh)
-        meta = {"stage": "agilenn", "channel_perm": perm.tolist(),
-                "topk_frequency": np.asarray(freq).tolist()}
+        meta = {
+            "stage": "agilenn",
+            "channel_perm": perm.tolist(),
+            "topk_frequency": np.asarray(freq).tolist(),
+        }
     state, done = fit(
-        "agilenn", state, make_agilenn_train_step(config), make_agilenn_eval_step(config),
-        config.train, data, pipeline, ckpt, writer, mesh, config.seed, config.eval_batch_size,
+        "agilenn",
+        state,
+        make_agilenn_train_step(config),
+        make_agilenn_eval_step(config),
+        config.train,
+        data,
+        pipeline,
+        ckpt,
+        writer,
+        mesh,
+        config.seed,
+        config.eval_batch_size,
         meta,
     )
     return state, done, meta
@@ -630,8 +663,9 @@ def evaluate_agilenn(config, state, data, pipeline, mesh) -> dict[str, Any]:
     s = _evaluate(jeval, state, pipeline, data.eval, config.eval_batch_size, mesh)
     n = s["count"]
     k = num_local_channels(config)
-    h, w, c = feature_shape(config.data.image_size, config.model.extractor_channels,
-                            config.model.extractor_strides)
+    h, w, c = feature_shape(
+        config.data.image_size, config.model.extractor_channels, config.model.extractor_strides
+    )
     counts = s["index_counts"]  # [C - k, L]
     per_channel = sum(entropy_bits(row) for row in counts) * h * w
     module = build_agilenn(config)
@@ -679,12 +713,13 @@ RESULT_ROWS = (
 
 
 def format_results(results: dict[str, Any]) -> str:
-    lines = [f"AgileNN results ({results.get('eval_split')}, {results.get('eval_samples')} samples)"]
+    lines = [
+        f"AgileNN results ({results.get('eval_split')}, {results.get('eval_samples')} samples)"
+    ]
     for key, label in RESULT_ROWS:
         if key in results:
             v = results[key]
-            lines.append(f"  {label:<34} {v:.4f}" if isinstance(v, float) else
-                         f"  {label:<34} {v}")
+            lines.append(f"  {label:<34} {v:.4f}" if isinstance(v, float) else f"  {label:<34} {v}")
     lines.append(f"  {'params':<34} {results.get('num_params')}")
     return "\n".join(lines)
 
@@ -744,10 +779,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> d
         results["channel_perm"] = meta.get("channel_perm")
         results["config"] = json.loads(config.to_json_best_effort())
         results["train_seconds"] = seconds
-        writer.write_scalars(int(state.step), {
-            f"agilenn/{data.eval_name}/{k}": v for k, v in results.items()
-            if isinstance(v, float)
-        })
+        writer.write_scalars(
+            int(state.step),
+            {
+                f"agilenn/{data.eval_name}/{k}": v
+                for k, v in results.items()
+                if isinstance(v, float)
+            },
+        )
         write_json(os.path.join(workdir, "results.json"), results)
         print(format_results(results), flush=True)
         return results
@@ -766,4 +805,3 @@ def _accumulate_seconds(workdir: str, seconds: float) -> float:
     if seconds:
         write_json(path, {"seconds": prev + seconds})
     return prev + seconds
-

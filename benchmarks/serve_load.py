@@ -72,8 +72,10 @@ def main(argv):
             b0 = server.stats["batches"]
             r0 = server.stats["requests"]
             stop_at = time.perf_counter() + _SECONDS.value
-            threads = [threading.Thread(target=_client, args=(port, frames, stop_at, lat, errs))
-                       for _ in range(n)]
+            threads = [
+                threading.Thread(target=_client, args=(port, frames, stop_at, lat, errs))
+                for _ in range(n)
+            ]
             t0 = time.perf_counter()
             for t in threads:
                 t.start()
@@ -82,13 +84,23 @@ def main(argv):
             wall = time.perf_counter() - t0
             batches = max(1, server.stats["batches"] - b0)
             ms = 1e3 * np.asarray(lat)
-            rows.append((n, len(lat) / wall, np.percentile(ms, 50), np.percentile(ms, 99),
-                         int(sum(errs)), (server.stats["requests"] - r0) / batches))
+            rows.append(
+                (
+                    n,
+                    len(lat) / wall,
+                    np.percentile(ms, 50),
+                    np.percentile(ms, 99),
+                    int(sum(errs)),
+                    (server.stats["requests"] - r0) / batches,
+                )
+            )
     finally:
         asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
-    print(f"\nremote NN server on loopback, frames {np.mean([len(f) for f in frames]):.0f} B, "
-          f"{_SECONDS.value:.0f} s per level")
+    print(
+        f"\nremote NN server on loopback, frames {np.mean([len(f) for f in frames]):.0f} B, "
+        f"{_SECONDS.value:.0f} s per level"
+    )
     print(f"{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'batch':>8}")
     for n, rps, p50, p99, e, b in rows:
         print(f"{n:>8}{rps:>10.1f}{p50:>10.2f}{p99:>10.2f}{e:>8}{b:>8.1f}")

@@ -67,8 +67,12 @@ def main(argv):
         "label": rng.integers(0, config.data.num_classes, bs).astype(np.int32),
     }
     mesh = train.make_mesh()
-    rows = [("plain CE", *bench(config, train.make_agilenn_train_step(config, False), batch,
-                                 mesh, _ITERS.value))]
+    rows = [
+        (
+            "plain CE",
+            *bench(config, train.make_agilenn_train_step(config, False), batch, mesh, _ITERS.value),
+        )
+    ]
     for m in [int(x) for x in _STEPS.value]:
         with config.unlocked():
             config.xai.steps = m

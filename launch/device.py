@@ -43,16 +43,19 @@ def main(argv):
     try:
         with open(os.path.join(_EXPORT.value, "export_report.json")) as f:
             workdir = _WORKDIR.value or json.load(f)["workdir"]
-        device = runtime.Device(_EXPORT.value, _HOST.value, _PORT.value, link, _CODER.value,
-                                _TIMEOUT.value)
+        device = runtime.Device(
+            _EXPORT.value, _HOST.value, _PORT.value, link, _CODER.value, _TIMEOUT.value
+        )
         images, labels = runtime.eval_images(workdir, _N.value)
         report = runtime.run_device(device, workdir, images, labels)
     except (OSError, export.ExportError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(runtime.format_device_report(report), flush=True)
     if report["fallbacks"]:
-        print(f"WARNING: {report['fallbacks']} samples fell back to the local prediction "
-              "(server unreachable or timed out)")
+        print(
+            f"WARNING: {report['fallbacks']} samples fell back to the local prediction "
+            "(server unreachable or timed out)"
+        )
     out = _OUT.value or os.path.join(_EXPORT.value, f"device_report_{link.name}.json")
     train.write_json(out, report)
     print(f"wrote {out}")

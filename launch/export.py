@@ -17,11 +17,16 @@ from agilenn_jax import export  # noqa: E402
 from agilenn_jax.input_pipeline import DatasetError  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run (has config.json).")
-_OUT = flags.DEFINE_string("output_dir", None, "Where to write the export (default WORKDIR/export).")
+_OUT = flags.DEFINE_string(
+    "output_dir", None, "Where to write the export (default WORKDIR/export)."
+)
 _CALIB = flags.DEFINE_integer("num_calibration", 200, "Training images for int8 calibration.")
 _VERIFY = flags.DEFINE_integer("num_verify", 200, "Held-out images for verification.")
-_OVER = flags.DEFINE_bool("allow_over_budget", False, "Write the export even if it does not fit "
-                          "the STM32F746 flash/SRAM budget.")
+_OVER = flags.DEFINE_bool(
+    "allow_over_budget",
+    False,
+    "Write the export even if it does not fit the STM32F746 flash/SRAM budget.",
+)
 flags.mark_flag_as_required("workdir")
 
 

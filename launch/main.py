@@ -16,7 +16,9 @@ from ml_collections import config_flags  # noqa: E402
 
 from agilenn_jax import train  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results.json go.")
 _MODE = flags.DEFINE_enum("mode", "all", list(train.MODES), "Which stage(s) to run.")
 flags.mark_flags_as_required(["config", "workdir"])

@@ -1,6 +1,6 @@
 """Serve a trained run's remote NN over TCP (loopback by default) until SIGTERM/SIGINT.
 
-    python -m launch.serve --workdir=/tmp/agilenn_qs [--export_dir=/tmp/agilenn_qs/export]
+python -m launch.serve --workdir=/tmp/agilenn_qs [--export_dir=/tmp/agilenn_qs/export]
 """
 
 import asyncio
@@ -29,10 +29,19 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     try:
-        asyncio.run(runtime.serve(
-            _WORKDIR.value, _EXPORT.value or os.path.join(_WORKDIR.value, "export"), _HOST.value,
-            _PORT.value, _MAX_BATCH.value, _DELAY.value, _CONNS.value, _FRAME.value,
-            _READY.value))
+        asyncio.run(
+            runtime.serve(
+                _WORKDIR.value,
+                _EXPORT.value or os.path.join(_WORKDIR.value, "export"),
+                _HOST.value,
+                _PORT.value,
+                _MAX_BATCH.value,
+                _DELAY.value,
+                _CONNS.value,
+                _FRAME.value,
+                _READY.value,
+            )
+        )
     except export.ExportError as e:
         sys.exit(f"error: {e}")
 

@@ -11,7 +11,8 @@ RNG = np.random.default_rng(0)
 MODEL = codec.ProbabilityModel(RNG.dirichlet(np.ones(L), size=C), model_id=0xC0FFEE)
 
 indices_st = hnp.arrays(
-    np.uint8, st.tuples(st.integers(1, 6), st.integers(1, 6), st.just(C)),
+    np.uint8,
+    st.tuples(st.integers(1, 6), st.integers(1, 6), st.just(C)),
     elements=st.integers(0, L - 1),
 )
 
@@ -36,8 +37,9 @@ def test_range_coder_is_near_the_entropy_and_beats_lzw():
     fitted = codec.ProbabilityModel.fit(idx[None], L, model_id=1)
     entropy_bytes = fitted.entropy_bits(idx[None]) / 8
     overhead = codec.HEADER.size + codec.CRC.size
-    sizes = {name: len(codec.Codec(fitted, 2, name).encode(idx)) - overhead
-             for name in codec.CODERS}
+    sizes = {
+        name: len(codec.Codec(fitted, 2, name).encode(idx)) - overhead for name in codec.CODERS
+    }
     assert sizes["range"] <= 1.03 * entropy_bytes + 8  # within a few percent (+ final word)
     assert sizes["range"] < sizes["huffman"] < sizes["raw"]
     assert sizes["range"] < sizes["lzw"]

@@ -18,6 +18,14 @@ def test_config_is_locked_and_valid(name):
 def test_paper_defaults():
     c = importlib.import_module("experiments.configs.cifar10").get_config()
     assert (c.loss.rho, c.model.k, c.model.extractor_channels[-1], c.model.num_centroids) == (
-        0.8, 5, 24, 8)
+        0.8,
+        5,
+        24,
+        8,
+    )
     assert (c.train.lr, c.train.weight_decay, c.train.epochs, c.train.batch_size) == (
-        0.1, 5e-4, 200, 128)
+        0.1,
+        5e-4,
+        200,
+        128,
+    )

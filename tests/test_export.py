@@ -18,8 +18,14 @@ def exported(trained_workdir, tmp_path_factory):
 
 def test_int8_model_runs_on_tflm_and_matches_jax(exported):
     report, out = exported
-    for name in ("device_float32.tflite", "device_int8.tflite", "agilenn_device_model.h",
-                 "agilenn_device_model.cc", "export_report.json", "device_meta.json"):
+    for name in (
+        "device_float32.tflite",
+        "device_int8.tflite",
+        "agilenn_device_model.h",
+        "agilenn_device_model.cc",
+        "export_report.json",
+        "device_meta.json",
+    ):
         assert os.path.exists(os.path.join(out, name)), name
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(report["ops"])
     assert set(report["ops"]) <= export.TFLM_BUILTINS
@@ -69,8 +75,18 @@ def test_tflm_runner_matches_report_and_indices_are_exact(exported, trained_work
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
 def test_firmware_files_compile(exported, tmp_path):
     _, out = exported
-    r = subprocess.run(["g++", "-std=c++17", "-c", os.path.join(out, "agilenn_device_model.cc"),
-                        "-o", str(tmp_path / "m.o")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            "g++",
+            "-std=c++17",
+            "-c",
+            os.path.join(out, "agilenn_device_model.cc"),
+            "-o",
+            str(tmp_path / "m.o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -94,12 +110,27 @@ def test_export_errors(trained_workdir, tmp_path, monkeypatch):
 
 def test_export_cli(trained_workdir, tmp_path):
     r = subprocess.run(
-        ["python", "-m", "launch.export", f"--workdir={trained_workdir}",
-         f"--output_dir={tmp_path}", "--num_calibration=32", "--num_verify=16"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            "python",
+            "-m",
+            "launch.export",
+            f"--workdir={trained_workdir}",
+            f"--output_dir={tmp_path}",
+            "--num_calibration=32",
+            "--num_verify=16",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "AgileNN device export" in r.stdout and "est. latency" in r.stdout
-    r = subprocess.run(["python", "-m", "launch.export", f"--workdir={tmp_path}/missing"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        ["python", "-m", "launch.export", f"--workdir={tmp_path}/missing"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode != 0 and "error:" in r.stderr

@@ -34,8 +34,14 @@ def _make_folder(root, n_per_class=6, size=10):
 
 def test_imagefolder_with_seeded_holdout(tmp_path):
     _make_folder(str(tmp_path))
-    cfg = _cfg(source="imagefolder", path=str(tmp_path), num_classes=3, eval_split="val",
-               val_fraction=1 / 3, image_size=16)
+    cfg = _cfg(
+        source="imagefolder",
+        path=str(tmp_path),
+        num_classes=3,
+        eval_split="val",
+        val_fraction=1 / 3,
+        image_size=16,
+    )
     a = input_pipeline.load(cfg, seed=1)
     b = input_pipeline.load(cfg, seed=1)
     assert (len(a.train), len(a.eval), a.eval_name) == (12, 6, "val")
@@ -58,8 +64,7 @@ def test_missing_data_errors(tmp_path):
         input_pipeline.load(_cfg(name="cifar10", data_dir=str(tmp_path), download=False), 0)
     _make_folder(str(tmp_path / "f"))
     with pytest.raises(input_pipeline.DatasetError, match="num_classes"):
-        input_pipeline.load(_cfg(source="imagefolder", path=str(tmp_path / "f"),
-                                 num_classes=10), 0)
+        input_pipeline.load(_cfg(source="imagefolder", path=str(tmp_path / "f"), num_classes=10), 0)
 
 
 def test_digits_eval_batches_cover_every_sample_once():
@@ -75,8 +80,13 @@ def test_digits_eval_batches_cover_every_sample_once():
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(SHARED_CIFAR), reason="../shared CIFAR-10 tarball absent")
 def test_shared_cifar10_tarball(tmp_path):
-    cfg = _cfg(source="imagefolder", path=SHARED_CIFAR, cache_dir=str(tmp_path),
-               eval_split="val", val_fraction=0.1)
+    cfg = _cfg(
+        source="imagefolder",
+        path=SHARED_CIFAR,
+        cache_dir=str(tmp_path),
+        eval_split="val",
+        val_fraction=0.1,
+    )
     data = input_pipeline.load(cfg, 0)
     assert (len(data.train), len(data.eval)) == (45000, 5000)
     assert data.train.images.shape[1:] == (32, 32, 3)

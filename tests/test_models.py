@@ -71,8 +71,9 @@ def test_agilenn_outputs_and_combiner():
 
 
 def test_reference_takes_all_channels():
-    m = ExtractorWithReference(10, width=0.35, stages=((1, 16, 1, 1), (6, 24, 1, 2)),
-                               head_channels=32)
+    m = ExtractorWithReference(
+        10, width=0.35, stages=((1, 16, 1, 1), (6, 24, 1, 2)), head_channels=32
+    )
     x = jnp.ones((2, 96, 96, 3))
     v = m.init(RNGS, x)
     chex.assert_shape(m.apply(v, x), (2, 10))

@@ -37,8 +37,7 @@ def test_server_survives_fuzz_then_answers_correctly(trained_workdir, exported_d
     expected = remote(idx[None])[0]
 
     async def scenario():
-        server = runtime.Server(remote, codec_, port=0, max_frame_bytes=4096,
-                                max_connections=8)
+        server = runtime.Server(remote, codec_, port=0, max_frame_bytes=4096, max_connections=8)
         port = await server.start()
 
         def client():
@@ -67,11 +66,14 @@ def test_server_survives_fuzz_then_answers_correctly(trained_workdir, exported_d
                 s.sendall(struct.pack("<I", 10**7))  # oversized: refused with a reply
                 n = struct.unpack("<I", s.recv(4, socket.MSG_WAITALL))[0]
                 too_large = runtime.decode_reply(s.recv(n, socket.MSG_WAITALL))
+
             # Concurrent valid requests are batched and all answered.
             def one():
                 with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
                     return _send(s, valid)
+
             from concurrent.futures import ThreadPoolExecutor
+
             with ThreadPoolExecutor(6) as pool:
                 many = list(pool.map(lambda _: one(), range(12)))
             return errors, status, logits, too_large, many
@@ -113,14 +115,26 @@ def test_link_emulation():
     assert np.mean([lossy.transmit_seconds(15000, rng) for _ in range(50)]) > 0.01 + 0.12
 
 
-def test_socket_path_equals_offline_and_sigterm_shutdown(trained_workdir, exported_dir,
-                                                         tmp_path):
+def test_socket_path_equals_offline_and_sigterm_shutdown(trained_workdir, exported_dir, tmp_path):
     ready = tmp_path / "port"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "launch.serve", f"--workdir={trained_workdir}",
-         f"--export_dir={exported_dir}", "--port=0", f"--ready_file={ready}", "--max_batch=8"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "launch.serve",
+            f"--workdir={trained_workdir}",
+            f"--export_dir={exported_dir}",
+            "--port=0",
+            f"--ready_file={ready}",
+            "--max_batch=8",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for _ in range(600):
             if ready.exists() and ready.read_text():
@@ -130,10 +144,23 @@ def test_socket_path_equals_offline_and_sigterm_shutdown(trained_workdir, export
         port = int(ready.read_text())
         out = tmp_path / "report.json"
         r = subprocess.run(
-            [sys.executable, "-m", "launch.device", f"--export_dir={exported_dir}",
-             f"--workdir={trained_workdir}", f"--port={port}", "--num_samples=40",
-             "--link=ble_270k", f"--output={out}"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+            [
+                sys.executable,
+                "-m",
+                "launch.device",
+                f"--export_dir={exported_dir}",
+                f"--workdir={trained_workdir}",
+                f"--port={port}",
+                "--num_samples=40",
+                "--link=ble_270k",
+                f"--output={out}",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         import json
 

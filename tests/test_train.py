@@ -17,9 +17,16 @@ from tests.conftest import ROOT
 from tests.helpers import smoke_config
 
 RESULT_KEYS = {
-    "test_accuracy", "local_only_accuracy", "remote_only_accuracy", "achieved_skewness",
-    "disorder_violation_rate", "alpha", "remote_symbols_per_sample",
-    "remote_entropy_bits_per_sample", "num_params", "train_seconds",
+    "test_accuracy",
+    "local_only_accuracy",
+    "remote_only_accuracy",
+    "achieved_skewness",
+    "disorder_violation_rate",
+    "alpha",
+    "remote_symbols_per_sample",
+    "remote_entropy_bits_per_sample",
+    "num_params",
+    "train_seconds",
 }
 
 
@@ -80,8 +87,9 @@ def test_preselection_permutation_is_exact(reference_workdir):
     np.testing.assert_allclose(f_new, f_old[..., perm], rtol=1e-5, atol=1e-5)
     # The frozen reference sees its original channel order: same logits as before.
     ref_fn = train.reference_logits_fn(train.build_reference_nn(config), state.frozen)
-    np.testing.assert_allclose(ref_fn(f_new), module.apply(ref.variables(), x), rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        ref_fn(f_new), module.apply(ref.variables(), x), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
@@ -93,8 +101,13 @@ def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize(
     "key,value,match",
-    [("loss.rho", 1.5, "rho"), ("model.k", 8, "k must be"), ("xai.rule", "simpson", "xai"),
-     ("loss.disorder", "x", "disorder"), ("train.batch_size", 0, "batch_size")],
+    [
+        ("loss.rho", 1.5, "rho"),
+        ("model.k", 8, "k must be"),
+        ("xai.rule", "simpson", "xai"),
+        ("loss.disorder", "x", "disorder"),
+        ("train.batch_size", 0, "batch_size"),
+    ],
 )
 def test_bad_config_values(tmp_path, key, value, match):
     c = smoke_config()
@@ -148,17 +161,28 @@ def test_data_parallel_step_on_8_fake_devices():
         print("OK", float(outs[0][1]["loss"]))
         """
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=600)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        PYTHONPATH=ROOT,
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
 
 
 def _cli(*args, timeout=900):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "launch.main", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_smoke_run(tmp_path):
@@ -178,7 +202,11 @@ def test_cli_smoke_run(tmp_path):
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path):
-    r = _cli("--config=experiments/configs/smoke.py", f"--workdir={tmp_path}",
-             "--config.data.source=imagefolder", f"--config.data.path={tmp_path}/nope")
+    r = _cli(
+        "--config=experiments/configs/smoke.py",
+        f"--workdir={tmp_path}",
+        "--config.data.source=imagefolder",
+        f"--config.data.path={tmp_path}/nope",
+    )
     assert r.returncode != 0
     assert "error: ImageFolder path" in r.stderr and "--config.data.path" in r.stderr

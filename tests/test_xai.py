@@ -28,8 +28,9 @@ def _net(seed=0, shape=(3, 6, 6, 4)):
 
 
 @settings(max_examples=8, deadline=None)
-@given(seed=st.integers(0, 1000), rule=st.sampled_from(xai.RULES),
-       target=st.sampled_from(xai.TARGETS))
+@given(
+    seed=st.integers(0, 1000), rule=st.sampled_from(xai.RULES), target=st.sampled_from(xai.TARGETS)
+)
 def test_ig_completeness_converges(seed, rule, target):
     fn, x, y = _net(seed)
     gap = xai.target_value(fn(x), y, target) - xai.target_value(fn(jnp.zeros_like(x)), y, target)

@@ -37,7 +37,11 @@ class DepthwiseConv(nn.Module):
             impl = "taps" if jax.default_backend() == "cpu" else "conv"
         if impl == "conv":
             return jax.lax.conv_general_dilated(
-                x, w, (s, s), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                x,
+                w,
+                (s, s),
+                "SAME",
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 feature_group_count=c,
             )
         (oh, ht, hb), (ow, wl, wr) = _same_pads(x.shape[1], k, s), _same_pads(x.shape[2], k, s)

@@ -134,3 +134,15 @@ def test_export_cli(trained_workdir, tmp_path):
         timeout=600,
     )
     assert r.returncode != 0 and "error:" in r.stderr
+
+
+def test_config_mismatch_is_a_clear_error(trained_workdir, tmp_path):
+    wd = str(tmp_path / "wd")
+    shutil.copytree(trained_workdir, wd)
+    with open(os.path.join(wd, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["model"]["num_centroids"] = 16
+    with open(os.path.join(wd, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    with pytest.raises(export.ExportError, match="does not match"):
+        export.export(wd, str(tmp_path / "o"), 16, 16)

@@ -93,6 +93,31 @@ def test_server_survives_fuzz_then_answers_correctly(trained_workdir, exported_d
         np.testing.assert_allclose(m[2], expected, rtol=1e-4, atol=1e-4)
 
 
+def test_connection_limit_is_enforced(trained_workdir, exported_dir):
+    codec_, _ = runtime.load_codec(exported_dir)
+    remote = runtime.RemoteModel(trained_workdir, max_batch=1)
+
+    async def scenario():
+        server = runtime.Server(remote, codec_, port=0, max_connections=1)
+        port = await server.start()
+
+        def client():
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as first:
+                first.sendall(struct.pack("<I", 4) + b"junk")  # holds the only slot
+                first.recv(4, socket.MSG_WAITALL)
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as second:
+                    n = struct.unpack("<I", second.recv(4, socket.MSG_WAITALL))[0]
+                    return runtime.decode_reply(second.recv(n, socket.MSG_WAITALL))
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, client)
+        finally:
+            await server.stop()
+
+    status, _, message = asyncio.run(scenario())
+    assert status == runtime.BUSY and "too many connections" in message
+
+
 def test_device_falls_back_without_server(exported_dir):
     with socket.socket() as s:  # a port with nobody listening
         s.bind(("127.0.0.1", 0))

@@ -210,3 +210,10 @@ def test_cli_bad_input_is_one_clear_line(tmp_path):
     )
     assert r.returncode != 0
     assert "error: ImageFolder path" in r.stderr and "--config.data.path" in r.stderr
+
+
+def test_nan_fails_loudly(tmp_path):
+    c = smoke_config()
+    c.reference_train.lr = 1e30  # diverges within a few steps
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        train.run(c, str(tmp_path), "pretrain_reference")

@@ -146,3 +146,9 @@ def test_config_mismatch_is_a_clear_error(trained_workdir, tmp_path):
         json.dump(cfg, f)
     with pytest.raises(export.ExportError, match="does not match"):
         export.export(wd, str(tmp_path / "o"), 16, 16)
+
+
+def test_non_tflm_ops_are_named():
+    export.check_tflm_ops(["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"])
+    with pytest.raises(export.ExportError, match="FlexErf.*TopKV2|TopKV2.*FlexErf"):
+        export.check_tflm_ops(["CONV_2D", "TopKV2", "FlexErf"])

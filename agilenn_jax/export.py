@@ -353,7 +353,7 @@ def export(
     fn, model = device_function(config, variables)
     k = model.k
     pipe = input_pipeline.Pipeline(config.data, config.seed)
-    calib = _images(pipe, data.train, num_calibration)
+    calib = sample_images(pipe, data.train, num_calibration)
     t0 = time.time()
     float_model, int8_model = convert(fn, int(config.data.image_size), calib)
     convert_s = time.time() - t0
@@ -487,7 +487,8 @@ def _batches(pipe, split, n: int):
             return
 
 
-def _images(pipe, split, n: int) -> np.ndarray:
+def sample_images(pipe, split, n: int) -> np.ndarray:
+    """The first ``n`` samples of ``split``, preprocessed for inference (no augmentation)."""
     return np.concatenate([b["image"][b["mask"] > 0] for b in _batches(pipe, split, n)])[:n]
 
 
@@ -497,7 +498,7 @@ def _verify(
     """int8 on TFLM and on the TFLite interpreter vs the JAX model, on held-out samples."""
     n = min(n, len(split))
     sub = input_pipeline.Split(split.images[:n], split.labels[:n])
-    images = _images(pipe, sub, n)
+    images = sample_images(pipe, sub, n)
     labels = sub.labels
     out = jax.jit(lambda x: model.apply(variables, x))(jnp.asarray(images))
     j_logits = np.asarray(out["local_logits"])

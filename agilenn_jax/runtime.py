@@ -430,7 +430,7 @@ def eval_images(workdir: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     n = min(n, len(data.eval))
     sub = input_pipeline.Split(data.eval.images[:n], data.eval.labels[:n])
     pipe = input_pipeline.Pipeline(config.data, config.seed)
-    return export._images(pipe, sub, n), sub.labels
+    return export.sample_images(pipe, sub, n), sub.labels
 
 
 def coder_sizes(codec_: codec.Codec, indices: np.ndarray) -> dict[str, float]:

@@ -396,7 +396,7 @@ def fit(
     ``done`` is False when ``tc.stop_after_steps`` ended this invocation early (time-sliced
     jobs); the checkpoint then holds the exact point to continue from.
     """
-    steps_per_epoch = len(data.train) // tc.batch_size
+    steps_per_epoch = _steps_per_epoch(tc, data)
     total = tc.epochs * steps_per_epoch
     jstep, jeval = jit_train_step(step_fn, mesh), jit_eval_step(eval_fn, mesh)
     step = int(state.step)

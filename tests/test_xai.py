@@ -27,11 +27,14 @@ def _net(seed=0, shape=(3, 6, 6, 4)):
     return (lambda f: net.apply(v, f)), x, labels
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=12, deadline=None, derandomize=True)
 @given(
-    seed=st.integers(0, 1000), rule=st.sampled_from(xai.RULES), target=st.sampled_from(xai.TARGETS)
+    seed=st.integers(0, 1000),
+    rule=st.sampled_from(xai.RULES),
+    target=st.sampled_from(xai.TARGETS),
 )
 def test_ig_completeness_converges(seed, rule, target):
+    """sum(attributions) -> F(x) - F(0): error O(1/m) for Riemann, O(1/m^2) for trapezoid."""
     fn, x, y = _net(seed)
     gap = xai.target_value(fn(x), y, target) - xai.target_value(fn(jnp.zeros_like(x)), y, target)
     errors = []
@@ -39,8 +42,11 @@ def test_ig_completeness_converges(seed, rule, target):
         attr, _ = xai.integrated_gradients(fn, x, y, steps=m, rule=rule, target=target)
         total = jnp.sum(attr, axis=(1, 2, 3))
         errors.append(float(jnp.max(jnp.abs(total - gap))))
-    assert errors[-1] <= errors[0] + 1e-6
-    assert errors[-1] < 0.02 * float(jnp.max(jnp.abs(gap))) + 1e-3
+    scale = float(jnp.max(jnp.abs(gap)))
+    # 16x more steps: >= 4x smaller error (Riemann ~16x, trapezoid ~256x), up to float noise.
+    assert errors[-1] <= errors[0] / 4 + 1e-4 * scale + 1e-5, errors
+    tol = 0.05 if rule == "riemann" else 0.005
+    assert errors[-1] < tol * scale + 1e-4, (errors, scale)
 
 
 def test_trapezoid_zero_baseline_shortcut_matches_direct():

@@ -1,10 +1,10 @@
 """Quick start: AgileNN end to end on scikit-learn's bundled handwritten digits (no network).
 
 Command: python -m launch.main --config=experiments/configs/quickstart.py --workdir=/tmp/agilenn_qs
-Expected runtime: ~3-6 min on 2 CPU cores (reference pre-training, Algorithm 1, AgileNN training
+Expected runtime: ~5-8 min on 2 CPU cores (reference pre-training, Algorithm 1, AgileNN training
 with inline IG, evaluation on a seeded 20% hold-out of the 1,797 images).
-Expected result: ~95% combined accuracy (chance is 10%), achieved skewness near 0.8 with k=2
-of 8 channels.
+Expected result (measured, seed 0): 0.989 combined accuracy (chance is 0.10), remote-only 0.986,
+local-only 0.234 (k=2 of 8 channels), achieved skewness 0.943 (rho=0.8), violation rate 0.098.
 """
 
 from experiments.configs import cifar10

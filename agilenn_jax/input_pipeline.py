@@ -84,15 +84,18 @@ def _load_tfds(cfg: ml_collections.ConfigDict) -> tuple[dict[str, Split], int]:
     tf = _tf()
     import tensorflow_datasets as tfds
 
-    splits = {}
+    splits, num_classes = {}, 0
     problem = "no prepared 'train' split"
     try:
-        builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
-        if cfg.download:
-            builder.download_and_prepare()
-        for name in ("train", "test"):
-            if name in builder.info.splits:
-                splits[name] = _to_split(builder.as_dataset(split=name, as_supervised=True), tf)
+        loaded, info = tfds.load(
+            cfg.name,
+            data_dir=cfg.data_dir or None,
+            download=bool(cfg.download),
+            as_supervised=True,
+            with_info=True,
+        )
+        splits = {n: _to_split(ds, tf) for n, ds in loaded.items() if n in ("train", "test")}
+        num_classes = int(info.features["label"].num_classes)
     except Exception as e:  # tfds raises many types; all mean "not available here".
         problem = type(e).__name__
     if "train" not in splits:
@@ -102,7 +105,7 @@ def _load_tfds(cfg: ml_collections.ConfigDict) -> tuple[dict[str, Split], int]:
             "holding a prepared copy, or --config.data.source=imagefolder "
             "--config.data.path=ROOT for a root/split/class/img folder."
         )
-    return splits, int(builder.info.features["label"].num_classes)
+    return splits, num_classes
 
 
 def _extract(path: str, cache_dir: str) -> str:

@@ -6,8 +6,10 @@ feature map is the paper's 32x32x24), narrow remote/reference MobileNetV2 stacks
 Command:
     python -m launch.main --config=experiments/configs/cifar10_cpu.py --workdir=/tmp/c10cpu \
         --config.data.path=../shared/datasets/cifar10_train_jpeg.tar.gz
-Expected runtime: ~50 min on 2 CPU cores. Expected result: ~65-70% val accuracy (far below the
-paper's ~94%: ~10x fewer epochs, ~10x smaller networks, no ImageNet-pretrained reference).
+Expected runtime: ~50-60 min on 2 CPU cores. Measured (seed 0, 45k train / 5k val): 0.611 val
+accuracy (remote-only 0.563, local-only 0.211, frozen reference 0.488 on the trained features),
+achieved skewness 0.771, disorder violation rate 0.602, alpha 0.515, 3,658 s. Far below the
+paper's ~94%: 3+4 epochs instead of 200, ~10x narrower networks, no ImageNet-pretrained reference.
 """
 
 from experiments.configs import cifar10

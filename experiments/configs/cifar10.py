@@ -34,6 +34,27 @@ def sgd(epochs: int, batch_size: int = 128, lr: float = 0.1) -> ml_collections.C
     )
 
 
+def set_networks(
+    c: ml_collections.ConfigDict,
+    stages: tuple,
+    head_channels: int,
+    remote_width: float,
+    reference_width: float,
+) -> None:
+    """Resize the remote and the reference MobileNetV2 stacks together (CPU-sized variants)."""
+    for part, width in (("remote", remote_width), ("reference", reference_width)):
+        c.model[f"{part}_stages"] = stages
+        c.model[f"{part}_head_channels"] = head_channels
+        c.model[f"{part}_width"] = width
+
+
+def set_optimisation(c: ml_collections.ConfigDict, **fields) -> None:
+    """Set the same fields on both optimisation stages (reference pre-training and AgileNN)."""
+    for stage in (c.reference_train, c.train):
+        for key, value in fields.items():
+            stage[key] = value
+
+
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0

@@ -25,17 +25,9 @@ def get_config():
     c.data.val_fraction = 0.1
     c.data.image_size = 32
     c.model.extractor_strides = (1, 1)
-    c.model.remote_width = 0.5
-    c.model.remote_stages = CPU_STAGES
-    c.model.remote_head_channels = 256
-    c.model.reference_width = 0.5
-    c.model.reference_stages = CPU_STAGES
-    c.model.reference_head_channels = 256
+    cifar10.set_networks(c, CPU_STAGES, 256, remote_width=0.5, reference_width=0.5)
     c.preselect.num_samples = 2000
     c.reference_train.epochs = 3
     c.train.epochs = 4
-    for stage in (c.reference_train, c.train):
-        stage.batch_size = 128
-        stage.log_every_steps = 50
-        stage.eval_every_epochs = 2
+    cifar10.set_optimisation(c, batch_size=128, log_every_steps=50, eval_every_epochs=2)
     return c

@@ -26,18 +26,10 @@ def get_config():
     c.model.extractor_channels = (16, 8)
     c.model.extractor_strides = (1, 1)
     c.model.k = 2
-    c.model.remote_width = 0.5
-    c.model.remote_stages = SMALL_STAGES
-    c.model.remote_head_channels = 128
-    c.model.reference_width = 0.75
-    c.model.reference_stages = SMALL_STAGES
-    c.model.reference_head_channels = 128
+    cifar10.set_networks(c, SMALL_STAGES, 128, remote_width=0.5, reference_width=0.75)
     c.preselect.num_samples = 1000
-    for stage, epochs in ((c.reference_train, 15), (c.train, 30)):
-        stage.epochs = epochs
-        stage.batch_size = 64
-        stage.lr = 0.05
-        stage.log_every_steps = 10
-        stage.eval_every_epochs = 5
+    c.reference_train.epochs = 15
+    c.train.epochs = 30
+    cifar10.set_optimisation(c, batch_size=64, lr=0.05, log_every_steps=10, eval_every_epochs=5)
     c.eval_batch_size = 128
     return c

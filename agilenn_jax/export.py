@@ -142,16 +142,23 @@ def check_tflm_ops(ops: list[str]) -> None:
         raise ExportError(f"ops not supported by TFLite Micro: {', '.join(bad)}")
 
 
+def output_positions(it) -> list[int]:
+    """Positions of (local logits [1, K], remote features [1, h, w, c]) among the model's
+    outputs: the converter does not keep the JAX function's output order, ranks tell them apart."""
+    outs = it.get_output_details()
+    return sorted(range(len(outs)), key=lambda i: len(outs[i]["shape"]))
+
+
 def quant_params(model: bytes) -> dict[str, Any]:
     it = _interpreter(model)
-    inp = it.get_input_details()[0]
-    outs = sorted(it.get_output_details(), key=lambda d: len(d["shape"]))  # logits, then features
+    outs = it.get_output_details()
+    pos = output_positions(it)
     q = lambda d: {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}  # noqa: E731
     return {
-        "input": q(inp),
-        "local_logits": q(outs[0]),
-        "remote_features": q(outs[1]),
-        "output_order": [d["name"] for d in outs],
+        "input": q(it.get_input_details()[0]),
+        "local_logits": q(outs[pos[0]]),
+        "remote_features": q(outs[pos[1]]),
+        "output_positions": pos,
     }
 
 
@@ -184,29 +191,24 @@ class TFLMRunner:
 
         self._interp = runtime.Interpreter.from_bytes(model, arena_size=arena_size)
         self.qp = quant_params(model)
-        order = self.qp["output_order"]
-        it = _interpreter(model)
-        names = [d["name"] for d in it.get_output_details()]
-        self._out_idx = [names.index(n) for n in order]
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One float image [1, H, W, 3] -> (int8 local logits, int8 remote features)."""
         self._interp.set_input(quantize(image, self.qp["input"]), 0)
         self._interp.invoke()
-        return tuple(self._interp.get_output(i) for i in self._out_idx)
+        return tuple(self._interp.get_output(i) for i in self.qp["output_positions"])
 
     def arena_bytes(self) -> int:
         """Arena bytes TFLM actually allocated (from its recording allocator's report)."""
-        with tempfile.TemporaryFile(mode="w+b") as tmp, _redirect_fd(tmp.fileno()):
-            self._interp.print_allocations()
-        tmp_text = _last_capture.get("text", "")
-        for line in tmp_text.splitlines():
+        with tempfile.TemporaryFile(mode="w+b") as tmp:
+            with _redirect_fd(tmp.fileno()):
+                self._interp.print_allocations()
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+        for line in text.splitlines():
             if "Arena allocation total" in line:
                 return int(line.split("total")[1].split("bytes")[0])
         raise ExportError("TFLM did not report its arena usage")
-
-
-_last_capture: dict[str, str] = {}
 
 
 @contextlib.contextmanager
@@ -229,11 +231,6 @@ def _redirect_fd(target: int):
         for fd, old in saved.items():
             os.dup2(old, fd)
             os.close(old)
-        os.lseek(target, 0, 0)
-        chunks = []
-        while chunk := os.read(target, 65536):
-            chunks.append(chunk)
-        _last_capture["text"] = b"".join(chunks).decode(errors="replace")
 
 
 def layer_macs(config: ml_collections.ConfigDict, k: int) -> list[dict[str, Any]]:
@@ -511,7 +508,7 @@ def _verify(
     lite = _interpreter(int8_model)
     flt = _interpreter(float_model)
     res: dict[str, Any] = {"samples": n}
-    for name, run in (("tflm", runner), ("tflite", lambda x: _run_lite(lite, x, qp))):
+    for name, run in (("tflm", runner), ("tflite", lambda x: _run_interpreter(lite, x, qp))):
         logits_q, feat_q = zip(*(run(images[i : i + 1]) for i in range(n)), strict=True)
         logits = dequantize(np.concatenate(logits_q), qp["local_logits"])
         feat_q = np.concatenate(feat_q)
@@ -528,7 +525,7 @@ def _verify(
             "local_argmax_agreement": float(np.mean(logits.argmax(-1) == j_logits.argmax(-1))),
             "accuracy_int8_device_float_remote": float(np.mean(combined.argmax(-1) == labels)),
         }
-    f_logits = np.concatenate([flt_run(flt, images[i : i + 1])[0] for i in range(n)])
+    f_logits = np.concatenate([_run_interpreter(flt, images[i : i + 1])[0] for i in range(n)])
     res["float_tflite_local_logits_max_abs_err"] = float(np.abs(f_logits - j_logits).max())
     res["accuracy_float"] = float(np.mean(j_full.argmax(-1) == labels))
     res["accuracy_drop_int8"] = (
@@ -537,18 +534,14 @@ def _verify(
     return res
 
 
-def _run_lite(it, x: np.ndarray, qp) -> tuple[np.ndarray, np.ndarray]:
-    it.set_tensor(it.get_input_details()[0]["index"], quantize(x, qp["input"]))
+def _run_interpreter(it, x: np.ndarray, qp: dict[str, Any] | None = None):
+    """One image through a TFLite interpreter -> (local logits, remote features); ``qp`` given:
+    the int8 model (input quantized here), else the float32 model."""
+    inp = quantize(x, qp["input"]) if qp is not None else x.astype(np.float32)
+    it.set_tensor(it.get_input_details()[0]["index"], inp)
     it.invoke()
-    outs = {d["name"]: it.get_tensor(d["index"]) for d in it.get_output_details()}
-    return tuple(outs[n] for n in qp["output_order"])
-
-
-def flt_run(it, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    it.set_tensor(it.get_input_details()[0]["index"], x.astype(np.float32))
-    it.invoke()
-    outs = sorted(it.get_output_details(), key=lambda d: len(d["shape"]))
-    return tuple(it.get_tensor(d["index"]) for d in outs)
+    outs = it.get_output_details()
+    return tuple(it.get_tensor(outs[i]["index"]) for i in output_positions(it))
 
 
 def format_report(report: dict[str, Any]) -> str:

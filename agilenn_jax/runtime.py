@@ -391,7 +391,10 @@ class Device:
         return logits, idx, host_ms
 
     def infer(self, image: np.ndarray) -> dict[str, Any]:
-        local_logits, idx, host_ms = self.local(image)
+        return self.offload(*self.local(image))
+
+    def offload(self, local_logits: np.ndarray, idx: np.ndarray, host_ms: float) -> dict[str, Any]:
+        """Encode, send and combine, given the device model's output for one sample."""
         t0 = time.perf_counter()
         frame = self.codec.encode(idx)
         encode_ms = 1e3 * (time.perf_counter() - t0)
@@ -451,19 +454,18 @@ def run_device(
     device: Device, workdir: str, images: np.ndarray, labels: np.ndarray, progress_every: int = 100
 ) -> dict[str, Any]:
     """Infer every image through the socket; compare with the offline (in-process) path."""
-    rows, all_idx = [], []
-    for i, img in enumerate(images):
-        rows.append(device.infer(img[None]))
-        if progress_every and (i + 1) % progress_every == 0:
-            logging.warning("device: %d/%d samples", i + 1, len(images))
-    # Offline evaluation of the same deployed model: TFLM int8 device + in-process remote NN.
+    # Offline evaluation of the same deployed model: the same TFLM output per sample, with the
+    # remote NN run in-process instead of behind codec + socket + server.
     remote = RemoteModel(workdir, max_batch=1)
-    offline = []
-    for img in images:
-        logits, idx, _ = device.local(img[None])
+    rows, all_idx, offline = [], [], []
+    for i, img in enumerate(images):
+        logits, idx, host_ms = device.local(img[None])
+        rows.append(device.offload(logits, idx, host_ms))
         all_idx.append(idx)
         r = remote(idx[None])[0]
         offline.append(int(np.argmax(device.alpha * logits + (1 - device.alpha) * r)))
+        if progress_every and (i + 1) % progress_every == 0:
+            logging.warning("device: %d/%d samples", i + 1, len(images))
     preds = np.asarray([r["prediction"] for r in rows])
     offline = np.asarray(offline)
     idx = np.stack(all_idx)

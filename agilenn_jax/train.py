@@ -554,8 +554,7 @@ def preselect_channels(
 
 def permute_extractor_outputs(params: dict, batch_stats: dict, perm: np.ndarray, n_blocks: int):
     """Reorder the extractor's output channels: last pointwise kernel and its BN, by ``perm``."""
-    params = jax.tree.map(lambda x: x, params)
-    batch_stats = jax.tree.map(lambda x: x, batch_stats)
+    params, batch_stats = dict(params), dict(batch_stats)  # new top level; inputs untouched
     pw, bn = f"pw{n_blocks - 1}", f"pw{n_blocks - 1}_bn"
     ex, exs = dict(params["extractor"]), dict(batch_stats["extractor"])
     ex[pw] = {"kernel": ex[pw]["kernel"][..., perm]}

@@ -30,6 +30,13 @@ class Checkpointer:
         return self._mgr.latest_step()
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Save ``state`` at ``step``; a step that is already saved is left as it is.
+
+        Training is a pure function of (seed, step), so a saved step already holds this state;
+        this lets a periodic save and an end-of-epoch save land on the same step.
+        """
+        if step == self.latest_step():
+            return
         self._mgr.save(
             int(step),
             args=ocp.args.Composite(

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
-from agilenn_jax import export  # noqa: E402
+from agilenn_jax.deploy import export  # noqa: E402
 from agilenn_jax.input_pipeline import DatasetError  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run (has config.json).")
@@ -37,7 +37,7 @@ def main(argv):
     out = _OUT.value or os.path.join(_WORKDIR.value, "export")
     try:
         report = export.export(_WORKDIR.value, out, _CALIB.value, _VERIFY.value, _OVER.value)
-    except (export.ExportError, DatasetError, ValueError) as e:
+    except (export.ExportError, DatasetError) as e:
         sys.exit(f"error: {e}")
     print(export.format_report(report), flush=True)
     print(f"wrote {out}/export_report.json")

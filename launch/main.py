@@ -14,14 +14,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from agilenn_jax import train  # noqa: E402
+from agilenn_jax.checkpoint import CheckpointError  # noqa: E402
+from agilenn_jax.input_pipeline import DatasetError  # noqa: E402
+from agilenn_jax.training import experiment  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results.json go.")
-_MODE = flags.DEFINE_enum("mode", "all", list(train.MODES), "Which stage(s) to run.")
+_MODE = flags.DEFINE_enum("mode", "all", list(experiment.MODES), "Which stage(s) to run.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# Problems with the user's input: one clear line instead of a traceback. Everything else (XLA
+# runtime errors, bugs) keeps its traceback.
+USER_ERRORS = (ValueError, DatasetError, CheckpointError, FileNotFoundError)
 
 
 def main(argv):
@@ -29,9 +35,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
     try:
-        train.run(_CONFIG.value, _WORKDIR.value, _MODE.value)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # Config, data and checkpoint problems: one clear line, not a traceback.
+        experiment.run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    except USER_ERRORS as e:
         logging.error("%s: %s", type(e).__name__, e)
         sys.exit(f"error: {e}")
 

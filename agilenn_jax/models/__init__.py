@@ -1,7 +1,13 @@
 """Flax (linen) modules of AgileNN: device side, server side and the frozen reference NN."""
 
-from agilenn_jax.models.agilenn import AgileNN, split_channels
+from agilenn_jax.models.agilenn import AgileNN, alpha_from_logit, combine, split_channels
 from agilenn_jax.models.extractor import FeatureExtractor
+from agilenn_jax.models.factory import (
+    build_agilenn,
+    build_reference,
+    build_reference_nn,
+    num_local_channels,
+)
 from agilenn_jax.models.local import LocalNN
 from agilenn_jax.models.mobilenet import MobileNetV2Stack
 from agilenn_jax.models.quantizer import SoftHardQuantizer
@@ -15,5 +21,11 @@ __all__ = [
     "MobileNetV2Stack",
     "ReferenceNN",
     "SoftHardQuantizer",
+    "alpha_from_logit",
+    "build_agilenn",
+    "build_reference",
+    "build_reference_nn",
+    "combine",
+    "num_local_channels",
     "split_channels",
 ]

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from agilenn_jax.models.extractor import FeatureExtractor
+from agilenn_jax.models.layers import same_output_size
 from agilenn_jax.models.local import LocalNN
 from agilenn_jax.models.mobilenet import MOBILENETV2_STAGES, MobileNetV2Stack
 from agilenn_jax.models.quantizer import SoftHardQuantizer
@@ -22,6 +23,20 @@ def split_channels(num_channels: int, k: int = -1, split_ratio: float = 0.2) -> 
     if not 0 < k < num_channels:
         raise ValueError(f"k must be in [1, {num_channels - 1}] for C={num_channels}, got {k}")
     return int(k)
+
+
+def alpha_from_logit(alpha_logit: Any, temperature: float) -> Any:
+    """alpha = sigmoid(w / T): the weight of the local prediction (the paper's combiner)."""
+    return jax.nn.sigmoid(alpha_logit / temperature)
+
+
+def combine(local_logits: Any, remote_logits: Any, alpha: Any) -> Any:
+    """Final logits alpha * local + (1 - alpha) * remote, for jax or numpy arrays alike.
+
+    The one place the combiner is written: training, export verification, the device client
+    and offline evaluation all call it, so they cannot drift apart.
+    """
+    return alpha * local_logits + (1.0 - alpha) * remote_logits
 
 
 class AgileNN(nn.Module):
@@ -59,7 +74,7 @@ class AgileNN(nn.Module):
 
     def alpha(self) -> jax.Array:
         """alpha = sigmoid(w / T): the weight of the local prediction."""
-        return jax.nn.sigmoid(self.alpha_logit / self.temperature)
+        return alpha_from_logit(self.alpha_logit, self.temperature)
 
     def device(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         """What runs on the MCU: features, local logits, quantized remote features + indices."""
@@ -79,8 +94,7 @@ class AgileNN(nn.Module):
         return self.remote(quantized, train)
 
     def combine(self, local_logits: jax.Array, remote_logits: jax.Array) -> jax.Array:
-        a = self.alpha()
-        return a * local_logits + (1.0 - a) * remote_logits
+        return combine(local_logits, remote_logits, self.alpha())
 
     def centroids(self) -> jax.Array:
         return self.quantizer.centroids()
@@ -97,9 +111,9 @@ def feature_shape(
     image_size: int, channels: Sequence[int], strides: Sequence[int]
 ) -> tuple[int, int, int]:
     """Extractor output shape (H, W, C) for a square input (SAME padding)."""
-    s = image_size
+    s = int(image_size)
     for st in strides:
-        s = -(-s // st)
+        s = same_output_size(s, st)
     return (s, s, int(channels[-1]))
 
 

@@ -1,9 +1,11 @@
 """The device-side feature extractor: depthwise-separable conv blocks (MCU friendly)."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from agilenn_jax.models.layers import DepthwiseConv, relu6
 
@@ -26,6 +28,37 @@ class FeatureExtractor(nn.Module):
     def out_channels(self) -> int:
         return int(self.channels[-1])
 
+    def output_layer_names(self) -> tuple[str, str]:
+        """Names of the layers that produce the output channels: the last pointwise conv and
+        its BN. ``permute_output_channels`` relies on these; ``__call__`` uses the same names."""
+        last = len(self.channels) - 1
+        return f"pw{last}", f"pw{last}_bn"
+
+    def permute_output_channels(
+        self, variables: dict[str, Any], perm: np.ndarray
+    ) -> dict[str, Any]:
+        """The extractor's variables with output channel j taken from channel ``perm[j]``.
+
+        Every leaf of the output conv and of its BN (params and statistics, whatever they hold:
+        kernel, bias, scale, mean, ...) is permuted on its last axis, so the permuted extractor
+        computes exactly ``features[..., perm]``. ``variables`` is left untouched.
+        """
+        perm = np.asarray(perm)
+        if sorted(perm.tolist()) != list(range(self.out_channels)):
+            raise ValueError(f"perm must be a permutation of {self.out_channels} channels")
+        names = self.output_layer_names()
+        out = {}
+        for collection, tree in variables.items():
+            tree = dict(tree)
+            for name in names:
+                if name in tree:
+                    tree[name] = jax.tree.map(lambda v: v[..., perm], tree[name])
+            out[collection] = tree
+        missing = [n for n in names if n not in variables.get("params", {})]
+        if missing:
+            raise ValueError(f"extractor variables lack the output layers {missing}")
+        return out
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if len(self.channels) != len(self.strides):
@@ -36,9 +69,11 @@ class FeatureExtractor(nn.Module):
         bn = lambda name: nn.BatchNorm(  # noqa: E731
             use_running_average=not train, momentum=0.9, epsilon=1e-3, name=name
         )
+        last = len(self.channels) - 1
         for i, (c, s) in enumerate(zip(self.channels, self.strides, strict=True)):
             x = DepthwiseConv(self.kernel_size, s, self.depthwise_impl, name=f"dw{i}")(x)
             x = relu6(bn(f"dw{i}_bn")(x))
-            x = nn.Conv(int(c), (1, 1), use_bias=False, name=f"pw{i}")(x)
-            x = relu6(bn(f"pw{i}_bn")(x))
+            pw, pw_bn = self.output_layer_names() if i == last else (f"pw{i}", f"pw{i}_bn")
+            x = nn.Conv(int(c), (1, 1), use_bias=False, name=pw)(x)
+            x = relu6(bn(pw_bn)(x))
         return x

@@ -13,8 +13,13 @@ def relu6(x: jax.Array) -> jax.Array:
     return jnp.clip(x, 0.0, 6.0)
 
 
+def same_output_size(size: int, stride: int) -> int:
+    """Output length of a SAME-padded conv: ceil(size / stride) (TF/XLA/TFLite convention)."""
+    return -(-int(size) // int(stride))
+
+
 def _same_pads(size: int, k: int, s: int) -> tuple[int, int, int]:
-    out = -(-size // s)
+    out = same_output_size(size, s)
     total = max((out - 1) * s + k - size, 0)
     return out, total // 2, total - total // 2
 

@@ -12,7 +12,7 @@ achieved skewness 0.771, disorder violation rate 0.602, alpha 0.515, 3,658 s. Fa
 paper's ~94%: 3+4 epochs instead of 200, ~10x narrower networks, no ImageNet-pretrained reference.
 """
 
-from experiments.configs import cifar10
+from experiments.configs import cifar10, common
 
 CPU_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1))
 
@@ -25,9 +25,9 @@ def get_config():
     c.data.val_fraction = 0.1
     c.data.image_size = 32
     c.model.extractor_strides = (1, 1)
-    cifar10.set_networks(c, CPU_STAGES, 256, remote_width=0.5, reference_width=0.5)
+    common.set_networks(c, CPU_STAGES, 256, remote_width=0.5, reference_width=0.5)
     c.preselect.num_samples = 2000
     c.reference_train.epochs = 3
     c.train.epochs = 4
-    cifar10.set_optimisation(c, batch_size=128, log_every_steps=50, eval_every_epochs=2)
+    common.set_optimisation(c, batch_size=128, log_every_steps=50, eval_every_epochs=2)
     return c

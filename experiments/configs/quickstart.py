@@ -7,7 +7,7 @@ Expected result (measured, seed 0): 0.982 combined accuracy (chance is 0.10), re
 local-only 0.165 (k=2 of 8 channels), achieved skewness 0.879 (rho=0.8), violation rate 0.044.
 """
 
-from experiments.configs import cifar10
+from experiments.configs import cifar10, common
 
 SMALL_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 1, 2))
 
@@ -26,10 +26,10 @@ def get_config():
     c.model.extractor_channels = (16, 8)
     c.model.extractor_strides = (1, 1)
     c.model.k = 2
-    cifar10.set_networks(c, SMALL_STAGES, 128, remote_width=0.5, reference_width=0.75)
+    common.set_networks(c, SMALL_STAGES, 128, remote_width=0.5, reference_width=0.75)
     c.preselect.num_samples = 1000
     c.reference_train.epochs = 15
     c.train.epochs = 30
-    cifar10.set_optimisation(c, batch_size=64, lr=0.05, log_every_steps=10, eval_every_epochs=5)
+    common.set_optimisation(c, batch_size=64, lr=0.05, log_every_steps=10, eval_every_epochs=5)
     c.eval_batch_size = 128
     return c

@@ -22,6 +22,8 @@ import zlib
 import constriction
 import numpy as np
 
+from agilenn_jax import bitrate
+
 MAGIC = b"AGNN"
 VERSION = 1
 HEADER = struct.Struct("<4sBBBHHHHII")
@@ -31,6 +33,17 @@ MAX_SYMBOLS = 1 << 22  # sanity bound on H * W * C_r from a header
 
 class FrameError(ValueError):
     """A frame is corrupt, truncated, of another version or for another model."""
+
+
+def _payload_error(coder: str, err: BaseException) -> FrameError:
+    """constriction reports invalid data as AssertionError / ValueError, and a Rust panic as
+    pyo3's PanicException, which derives from BaseException. Those become a FrameError;
+    anything else (KeyboardInterrupt, SystemExit, ...) is re-raised by the caller."""
+    return FrameError(f"{coder} payload does not decode: {type(err).__name__}: {err}")
+
+
+def _is_decoder_failure(err: BaseException) -> bool:
+    return isinstance(err, Exception) or type(err).__name__ == "PanicException"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +56,7 @@ class ProbabilityModel:
     @classmethod
     def fit(cls, indices: np.ndarray, num_centroids: int, model_id: int) -> ProbabilityModel:
         """Laplace-smoothed per-channel frequencies from training indices [N, H, W, C_r]."""
-        flat = indices.reshape(-1, indices.shape[-1])
-        counts = np.stack(
-            [np.bincount(flat[:, c], minlength=num_centroids) for c in range(flat.shape[1])]
-        ).astype(np.float64)
+        counts = bitrate.channel_histograms(indices, num_centroids).astype(np.float64)
         probs = (counts + 1.0) / (counts + 1.0).sum(axis=1, keepdims=True)
         return cls(probs, int(model_id))
 
@@ -72,13 +82,9 @@ class ProbabilityModel:
 
     def entropy_bits(self, indices: np.ndarray) -> float:
         """Empirical entropy of ``indices`` [N, H, W, C_r] (per-channel), bits per sample."""
-        flat = indices.reshape(-1, indices.shape[-1])
-        total = 0.0
-        for c in range(flat.shape[1]):
-            p = np.bincount(flat[:, c], minlength=self.num_centroids) / len(flat)
-            p = p[p > 0]
-            total += -(p * np.log2(p)).sum() * len(flat)
-        return float(total / indices.shape[0])
+        counts = bitrate.channel_histograms(indices, self.num_centroids)
+        positions = indices.size // (indices.shape[0] * indices.shape[-1])
+        return bitrate.per_channel_entropy_bits(counts) * positions
 
 
 # --------------------------------------------------------------------------- coders
@@ -121,8 +127,10 @@ class RangeCoder(Coder):
         probs = self.model.probs[_channel_of(shape)]
         try:
             out = constriction.stream.queue.RangeDecoder(words).decode(self._family, probs)
-        except BaseException as e:  # constriction raises on invalid data
-            raise FrameError(f"range payload does not decode: {e}") from None
+        except BaseException as e:
+            if not _is_decoder_failure(e):
+                raise
+            raise _payload_error("range", e) from None
         return np.asarray(out, np.uint8).reshape(shape)
 
 
@@ -155,7 +163,9 @@ class HuffmanCoder(Coder):
             for i in range(out.size):
                 out[i] = dec.decode_symbol(self._dec[i % shape[2]])
         except BaseException as e:
-            raise FrameError(f"huffman payload does not decode: {e}") from None
+            if not _is_decoder_failure(e):
+                raise
+            raise _payload_error("huffman", e) from None
         return out.reshape(shape)
 
 
@@ -279,12 +289,30 @@ _BY_ID = {c.ident: c for c in CODERS.values()}
 
 
 class Codec:
-    """Frames one sample's indices [H, W, C_r] with the given coder; decodes any coder's frame."""
+    """Frames one sample's indices [H, W, C_r] with the given coder; decodes any coder's frame.
 
-    def __init__(self, model: ProbabilityModel, k: int, coder: str = "range"):
+    ``shape`` is the model's (H, W, C_r). When given, a frame declaring any other shape is
+    refused from its header alone, before its payload is decoded: the remote NN would return
+    meaningless logits for it, and every new shape would cost the server a compilation.
+    """
+
+    def __init__(
+        self,
+        model: ProbabilityModel,
+        k: int,
+        coder: str = "range",
+        shape: tuple[int, int, int] | None = None,
+    ):
         if coder not in CODERS:
             raise ValueError(f"unknown coder {coder!r}; expected one of {sorted(CODERS)}")
         self.model, self.k, self.coder_name = model, int(k), coder
+        self.shape = None if shape is None else tuple(int(d) for d in shape)
+        if self.shape is not None and (
+            len(self.shape) != 3 or self.shape[2] != model.probs.shape[0]
+        ):
+            raise ValueError(
+                f"shape {self.shape} must be (H, W, {model.probs.shape[0]}) for this model"
+            )
         self._coders: dict[int, Coder] = {}
 
     def _coder(self, ident: int) -> Coder:
@@ -297,6 +325,8 @@ class Codec:
             raise ValueError(
                 f"indices must be [H, W, {self.model.probs.shape[0]}], got {indices.shape}"
             )
+        if self.shape is not None and indices.shape != self.shape:
+            raise ValueError(f"indices must have the model's shape {self.shape}, got {indices.shape}")
         if indices.size and int(indices.max()) >= self.model.num_centroids:
             raise ValueError("index out of range of the centroid table")
         ident = CODERS[self.coder_name].ident
@@ -339,6 +369,11 @@ class Codec:
             )
         if ncent != self.model.num_centroids or c != self.model.probs.shape[0]:
             raise FrameError(f"frame has {ncent} centroids x {c} channels; model disagrees")
+        if self.shape is not None and (h, w, c) != self.shape:
+            raise FrameError(
+                f"frame declares a {h}x{w}x{c} feature map; this model's is "
+                f"{self.shape[0]}x{self.shape[1]}x{self.shape[2]}"
+            )
         if h * w * c > MAX_SYMBOLS:
             raise FrameError(f"frame declares {h}x{w}x{c} symbols, over the limit")
         out = self._coder(ident).decode(frame[HEADER.size : HEADER.size + plen], (h, w, c))

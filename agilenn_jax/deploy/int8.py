@@ -1,0 +1,33 @@
+"""The integer arithmetic the MCU does around the model, shared by export, client and tests.
+
+With sorted scalar centroids the quantizer's argmin is exactly ``index = #{j : q > t_j}`` for
+int8 thresholds ``t_j`` (the centroid midpoints mapped to the output's int8 scale): a few
+integer compares in C instead of an argmin in the graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def quantize(x: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    return np.clip(np.round(x / p["scale"] + p["zero_point"]), -128, 127).astype(np.int8)
+
+
+def dequantize(q: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    return (q.astype(np.float32) - p["zero_point"]) * p["scale"]
+
+
+def int8_thresholds(centroids: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """int8 t_j such that nearest-centroid index of the dequantized feature == #{j: q > t_j}."""
+    c = np.sort(np.asarray(centroids, np.float64))
+    mids = (c[1:] + c[:-1]) / 2.0
+    # q > t  <=>  (q - zp) * s > mid  <=>  q > mid / s + zp ; q integer -> t = floor(mid/s + zp)
+    return np.floor(mids / p["scale"] + p["zero_point"]).clip(-129, 127).astype(np.int32)
+
+
+def indices_from_int8(q: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """What the MCU sends: centroid index per offloaded feature, from its int8 value."""
+    return np.sum(q[..., None].astype(np.int32) > thresholds, axis=-1).astype(np.uint8)

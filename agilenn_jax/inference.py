@@ -1,0 +1,126 @@
+"""A trained run, read back for inference: config, model and variables from a workdir.
+
+This is what export and serving use. It needs no dataset and no optimiser: only ``params`` and
+``batch_stats`` are read from the last AgileNN checkpoint, and they are checked against the
+model the run's config describes before anything is built on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from agilenn_jax import input_pipeline, layout
+from agilenn_jax.checkpoint import Checkpointer, CheckpointError
+from agilenn_jax.models import AgileNN, build_agilenn
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """A finished (or checkpointed) run: ``model.apply(variables, ...)`` reproduces it."""
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    model: AgileNN
+    variables: dict[str, Any]  # {"params", "batch_stats"} as host arrays
+    meta: dict[str, Any]  # saved with the checkpoint (Algorithm 1's channel order, ...)
+    step: int
+
+    @property
+    def alpha(self) -> float:
+        return float(self.model.apply(self.variables, method="alpha"))
+
+    @property
+    def centroids(self) -> np.ndarray:
+        return np.asarray(self.model.apply(self.variables, method="centroids"))
+
+
+def _check_matches(model: AgileNN, config, variables: dict[str, Any], where: str) -> None:
+    size = int(config.data.image_size)
+    expected = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
+    )
+    want = jax.tree.map(lambda x: tuple(x.shape), dict(expected))
+    have = jax.tree.map(lambda x: tuple(np.shape(x)), variables)
+    if jax.tree.structure(want) != jax.tree.structure(have) or want != have:
+        raise CheckpointError(
+            f"the checkpoint in {where} does not match the model in its config.json (the config "
+            "was edited after training, or the checkpoint belongs to another run)"
+        )
+
+
+def load_run(workdir: str, depthwise_impl: str | None = None) -> TrainedRun:
+    """The last AgileNN checkpoint of ``workdir`` with the model its config describes.
+
+    ``depthwise_impl`` overrides the config's (the TFLite export needs the grouped conv).
+    """
+    config = layout.read_config(workdir)
+    ckpt_dir = os.path.join(workdir, layout.AGILENN_DIR)
+    ckpt = Checkpointer(ckpt_dir)
+    try:
+        if ckpt.latest_step() is None:
+            raise CheckpointError(
+                f"no AgileNN checkpoint in {ckpt.directory}: train first (--mode=all or "
+                "--mode=train)"
+            )
+        saved, meta = ckpt.restore_subtree(("step", "params", "batch_stats"))
+    finally:
+        ckpt.close()
+    model = build_agilenn(config, depthwise_impl)
+    variables = {"params": saved["params"], "batch_stats": saved["batch_stats"]}
+    _check_matches(model, config, variables, ckpt_dir)
+    return TrainedRun(
+        workdir=os.path.abspath(workdir),
+        config=config,
+        model=model,
+        variables=variables,
+        meta=meta,
+        step=int(saved["step"]),
+    )
+
+
+def first_images(
+    pipeline: input_pipeline.Pipeline, split: input_pipeline.Split, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` samples of ``split`` preprocessed for inference (no augmentation)."""
+    n = min(int(n), len(split))
+    sub = input_pipeline.Split(split.images[:n], split.labels[:n])
+    images = [b["image"][b["mask"] > 0] for b in pipeline.eval_batches(sub, 100)]
+    return np.concatenate(images)[:n], sub.labels
+
+
+def held_out_images(run: TrainedRun, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` samples of the run's eval split, preprocessed exactly as in training."""
+    data = input_pipeline.load(run.config.data, run.config.seed)
+    return first_images(input_pipeline.Pipeline(run.config.data, run.config.seed), data.eval, n)
+
+
+# ----------------------------------------------------------------- jitted halves of the model
+# The variables are arguments, not closed-over constants: one compilation serves any weights of
+# the same shapes, and XLA does not fold megabytes of weights into the program.
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(model: AgileNN, variables: dict[str, Any], images: jax.Array) -> dict[str, jax.Array]:
+    """The whole model in inference mode: logits, local/remote logits, indices, features."""
+    return model.apply(variables, images, train=False)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def device_indices(model: AgileNN, variables: dict[str, Any], images: jax.Array) -> jax.Array:
+    """The quantizer indices the device sends for ``images`` (float model)."""
+    return model.apply(variables, images, method="device")["indices"]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def remote_logits(model: AgileNN, variables: dict[str, Any], indices: jax.Array) -> jax.Array:
+    """What the server computes: centroid lookup of the received indices, then the remote NN."""
+    centroids = model.apply(variables, method="centroids")
+    return model.apply(variables, centroids[indices.astype(jnp.int32)], method="server")

@@ -1,0 +1,192 @@
+"""The device side at run time: the int8 model on TFLite Micro, index lookup, encode, send,
+combine; with an emulated wireless link and a local fallback when the server is unreachable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import socket
+import time
+from typing import Any
+
+import numpy as np
+
+from agilenn_jax.deploy.int8 import dequantize, indices_from_int8
+from agilenn_jax.deploy.tflm import TFLMRunner
+from agilenn_jax.models import combine
+from agilenn_jax.serving import protocol
+from agilenn_jax.serving.protocol import LEN, OK, decode_reply
+from agilenn_jax.serving.server import load_codec
+
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    """An emulated wireless link: bandwidth, round-trip time and per-packet loss."""
+
+    name: str
+    bandwidth_bps: float
+    rtt_s: float
+    loss: float = 0.0
+    mtu_bytes: int = 1500
+
+    def transmit_seconds(self, nbytes: int, rng: np.random.Generator) -> float:
+        """Uplink serialisation + one RTT; each lost packet costs a retransmission (one RTT
+        plus its own serialisation)."""
+        packets = max(1, math.ceil(nbytes / self.mtu_bytes))
+        lost = int(rng.binomial(packets, self.loss)) if self.loss > 0 else 0
+        per_packet = min(nbytes, self.mtu_bytes) * 8 / self.bandwidth_bps
+        return nbytes * 8 / self.bandwidth_bps + self.rtt_s + lost * (self.rtt_s + per_packet)
+
+
+# Bandwidths as in the paper (BLE 270 kbps / 2 Mbps, WiFi ~6 Mbps); RTTs are assumptions for a
+# one-hop link to a nearby server (BLE connection interval ~7.5-15 ms, WiFi ~2 ms).
+LINK_PRESETS = {
+    "ble_270k": Link("ble_270k", 270e3, 0.015),
+    "ble_2m": Link("ble_2m", 2e6, 0.0075),
+    "wifi_6m": Link("wifi_6m", 6e6, 0.002),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """This device's id and key, as provisioned in the server's key file."""
+
+    device_id: int
+    key: bytes
+
+    @classmethod
+    def from_file(cls, path: str, device_id: int) -> Credentials:
+        keys = protocol.load_keys(path)
+        if device_id not in keys:
+            raise protocol.AuthError(f"{path} has no key for device {device_id}")
+        return cls(device_id, keys[device_id])
+
+
+class RemoteClient:
+    """Blocking client with one persistent connection, reconnecting after errors."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout_s: float = 2.0,
+        credentials: Credentials | None = None,
+    ):
+        self.addr, self.timeout_s = (host, port), timeout_s
+        self.credentials = credentials
+        self._counter = protocol.RequestCounter()
+        self._sock: socket.socket | None = None
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = socket.create_connection(self.addr, timeout=self.timeout_s)
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self._sock
+
+    def _recv(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self._sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf += chunk
+        return bytes(buf)
+
+    def request(self, frame: bytes) -> tuple[int, float, np.ndarray | str]:
+        """Send one frame; (status, server ms, logits or error message)."""
+        body, counter = frame, None
+        if self.credentials is not None:
+            counter = self._counter.next()
+            c = self.credentials
+            body = protocol.seal_request(c.key, c.device_id, counter, frame)
+        try:
+            sock = self._connect()
+            sock.sendall(LEN.pack(len(body)) + body)
+            (n,) = LEN.unpack(self._recv(LEN.size))
+            reply = self._recv(n)
+        except (OSError, ConnectionError):
+            self.close()
+            raise
+        if counter is not None and reply[4:5] != bytes([protocol.UNAUTHORIZED]):
+            reply = protocol.open_reply(self.credentials.key, counter, reply)
+        return decode_reply(reply)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+class Device:
+    """Plays the MCU: int8 device model on TFLM, index lookup, encode, send, combine."""
+
+    def __init__(
+        self,
+        export_dir: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        link: Link = LINK_PRESETS["wifi_6m"],
+        coder: str = "range",
+        timeout_s: float = 2.0,
+        seed: int = 0,
+        credentials: Credentials | None = None,
+    ):
+        with open(os.path.join(export_dir, "device_int8.tflite"), "rb") as f:
+            self.runner = TFLMRunner(f.read())
+        self.codec, self.meta = load_codec(export_dir, coder)
+        with open(os.path.join(export_dir, "export_report.json")) as f:
+            report = json.load(f)
+        self.mcu_local_ms = float(report["latency_estimate"]["ms_at_216mhz"])
+        self.thresholds = np.asarray(self.meta["int8_thresholds"])
+        self.alpha = float(self.meta["alpha"])
+        self.link = link
+        self.client = RemoteClient(host, port, timeout_s, credentials)
+        self.rng = np.random.default_rng(seed)
+
+    def local(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """(dequantized local logits, centroid indices, host ms) for one image [1, H, W, 3]."""
+        t0 = time.perf_counter()
+        logits_q, feat_q = self.runner(image)
+        host_ms = 1e3 * (time.perf_counter() - t0)
+        logits = dequantize(logits_q, self.meta["quant"]["local_logits"])[0]
+        idx = indices_from_int8(feat_q, self.thresholds)[0]
+        return logits, idx, host_ms
+
+    def infer(self, image: np.ndarray) -> dict[str, Any]:
+        return self.offload(*self.local(image))
+
+    def offload(self, local_logits: np.ndarray, idx: np.ndarray, host_ms: float) -> dict[str, Any]:
+        """Encode, send and combine, given the device model's output for one sample."""
+        t0 = time.perf_counter()
+        frame = self.codec.encode(idx)
+        encode_ms = 1e3 * (time.perf_counter() - t0)
+        out = {
+            "local_host_ms": host_ms,
+            "local_mcu_est_ms": self.mcu_local_ms,
+            "encode_ms": encode_ms,
+            "bytes": len(frame),
+            "transmit_ms": 1e3 * self.link.transmit_seconds(len(frame), self.rng),
+        }
+        t0 = time.perf_counter()
+        try:
+            status, server_ms, data = self.client.request(frame)
+        except (OSError, ConnectionError) as e:
+            status, server_ms, data = -1, 0.0, f"server unreachable: {e}"
+        except protocol.AuthError as e:
+            status, server_ms, data = -1, 0.0, f"reply failed authentication: {e}"
+        out["round_trip_ms"] = 1e3 * (time.perf_counter() - t0)
+        out["server_ms"] = server_ms
+        if status == OK:
+            out.update(prediction=int(np.argmax(combine(local_logits, data, self.alpha))))
+            out["fallback"] = False
+        else:
+            out.update(prediction=int(np.argmax(local_logits)), fallback=True, reason=str(data))
+        out["total_ms"] = (
+            out["local_mcu_est_ms"]
+            + encode_ms
+            + out["transmit_ms"]
+            + (server_ms if status == OK else 0.0)
+        )
+        return out

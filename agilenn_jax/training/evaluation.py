@@ -1,0 +1,150 @@
+"""The final evaluation of a trained AgileNN: accuracies, the XAI objective, index statistics.
+
+This is the expensive one (IG of the reference NN on every held-out sample); it runs once at the
+end of a run or with ``--mode=evaluate``. Periodic evaluation during training measures accuracy
+only (``steps.agilenn_eval_step``).
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from clu import metrics
+
+from agilenn_jax import bitrate, losses
+from agilenn_jax.models import build_agilenn, build_reference_nn, num_local_channels
+from agilenn_jax.models.agilenn import count_params, feature_shape
+from agilenn_jax.training import steps
+from agilenn_jax.training.loop import Context, evaluate
+from agilenn_jax.training.sharding import jit_eval_step
+from agilenn_jax.training.state import TrainState
+
+
+@flax.struct.dataclass
+class MaskedSum(metrics.Metric):
+    """Sum over the (unmasked) samples of a per-sample array: histograms, importance vectors."""
+
+    total: jax.Array
+
+    @classmethod
+    def from_model_output(cls, values: jax.Array, mask: jax.Array | None = None, **_) -> "MaskedSum":
+        if mask is not None:
+            values = values * mask.reshape(mask.shape + (1,) * (values.ndim - 1))
+        return cls(jnp.sum(values, axis=0))
+
+    def merge(self, other: "MaskedSum") -> "MaskedSum":
+        return type(self)(self.total + other.total)
+
+    def compute(self) -> jax.Array:
+        return self.total
+
+
+@flax.struct.dataclass
+class FinalEvalMetrics(metrics.Collection):
+    accuracy: metrics.Average.from_output("correct")
+    local_accuracy: metrics.Average.from_output("local_correct")
+    remote_accuracy: metrics.Average.from_output("remote_correct")
+    reference_accuracy: metrics.Average.from_output("reference_correct")
+    skewness: metrics.Average.from_output("skewness")
+    violation_rate: metrics.Average.from_output("violations")
+    importance: MaskedSum.from_output("importance")  # [C]
+    index_counts: MaskedSum.from_output("index_counts")  # [C - k, L]
+
+
+def make_final_eval_step(config: ml_collections.ConfigDict):
+    k = num_local_channels(config)
+    reference = build_reference_nn(config)
+    num_centroids = config.model.num_centroids
+
+    def eval_step(state: TrainState, batch: dict) -> FinalEvalMetrics:
+        labels = batch["label"]
+        out = state.apply_fn(state.variables(), batch["image"], train=False)
+        imp, ref_logits = steps.channel_attribution(
+            reference, state.frozen, out["features"], labels, config.xai
+        )
+        onehot = jax.nn.one_hot(out["indices"], num_centroids, dtype=jnp.float32)
+        return FinalEvalMetrics.single_from_model_output(
+            correct=steps.correct(out["logits"], labels),
+            local_correct=steps.correct(out["local_logits"], labels),
+            remote_correct=steps.correct(out["remote_logits"], labels),
+            reference_correct=steps.correct(ref_logits, labels),
+            skewness=jnp.sum(imp[:, :k], -1),
+            violations=losses.disorder_violations(imp, k),
+            importance=imp,
+            index_counts=jnp.sum(onehot, axis=(1, 2)),  # [B, C - k, L]
+            mask=batch["mask"],
+        )
+
+    return eval_step
+
+
+def evaluate_agilenn(
+    config: ml_collections.ConfigDict, state: TrainState, ctx: Context
+) -> dict[str, Any]:
+    """Offline evaluation: accuracies, achieved skewness, violation rate, bitrate proxies."""
+    collected = evaluate(jit_eval_step(make_final_eval_step(config), ctx.mesh), state, ctx, ctx.data.eval)
+    s = {key: np.asarray(v, np.float64) for key, v in collected.compute().items()}
+    n = int(collected.accuracy.count)
+    k = num_local_channels(config)
+    h, w, c = feature_shape(
+        config.data.image_size, config.model.extractor_channels, config.model.extractor_strides
+    )
+    counts = s["index_counts"]  # [C - k, L]
+    params = state.params
+    return {
+        "eval_split": ctx.data.eval_name,
+        "eval_samples": n,
+        "test_accuracy": float(s["accuracy"]),
+        "local_only_accuracy": float(s["local_accuracy"]),
+        "remote_only_accuracy": float(s["remote_accuracy"]),
+        "reference_accuracy": float(s["reference_accuracy"]),
+        "achieved_skewness": float(s["skewness"]),
+        "disorder_violation_rate": float(s["violation_rate"]),
+        "mean_channel_importance": (s["importance"] / n).round(5).tolist(),
+        "alpha": float(build_agilenn(config).apply(state.variables(), method="alpha")),
+        "k": k,
+        "num_channels": c,
+        "remote_symbols_per_sample": int(h * w * (c - k)),
+        "remote_entropy_bits_per_sample": bitrate.entropy_bits(counts.sum(0)) * h * w * (c - k),
+        "remote_entropy_bits_per_sample_per_channel_model": (
+            bitrate.per_channel_entropy_bits(counts) * h * w
+        ),
+        "index_histogram": counts.sum(0).astype(np.int64).tolist(),
+        "num_params": {
+            "extractor": count_params(params["extractor"]),
+            "local": count_params(params["local"]),
+            "quantizer": count_params(params["quantizer"]),
+            "remote": count_params(params["remote"]),
+            "combiner": 1,
+            "reference": count_params(state.frozen["params"]),
+        },
+    }
+
+
+RESULT_ROWS = (
+    ("test_accuracy", "accuracy (combined)"),
+    ("local_only_accuracy", "local NN only"),
+    ("remote_only_accuracy", "remote NN only"),
+    ("reference_accuracy", "reference NN (frozen)"),
+    ("achieved_skewness", "achieved skewness (rho target)"),
+    ("disorder_violation_rate", "disorder violation rate"),
+    ("alpha", "alpha"),
+    ("remote_symbols_per_sample", "remote symbols / sample"),
+    ("remote_entropy_bits_per_sample", "remote entropy bits / sample"),
+    ("train_seconds", "train seconds"),
+)
+
+
+def format_results(results: dict[str, Any]) -> str:
+    lines = [
+        f"AgileNN results ({results.get('eval_split')}, {results.get('eval_samples')} samples)"
+    ]
+    for key, label in RESULT_ROWS:
+        if key in results:
+            v = results[key]
+            lines.append(f"  {label:<34} {v:.4f}" if isinstance(v, float) else f"  {label:<34} {v}")
+    lines.append(f"  {'params':<34} {results.get('num_params')}")
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""One run of an experiment config in a workdir: validate, load data, run the stages, report.
+
+``run(config, workdir, mode)`` is what ``launch/main.py`` calls; rerunning it on the same
+workdir resumes whatever is unfinished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as pylogging
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from clu import metric_writers
+
+from agilenn_jax import input_pipeline, layout, losses, xai
+from agilenn_jax.models import num_local_channels
+from agilenn_jax.training import evaluation, stages
+from agilenn_jax.training.loop import Context
+from agilenn_jax.training.sharding import make_mesh
+
+MODES = ("all", "pretrain_reference", "train", "evaluate")
+SECONDS_FILE = "train_seconds.json"
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Fail before any work on values that would otherwise break deep inside jit."""
+    m, x, lo = config.model, config.xai, config.loss
+    num_local_channels(config)
+    if len(m.extractor_channels) != len(m.extractor_strides):
+        raise ValueError("model.extractor_channels and model.extractor_strides differ in length")
+    if m.num_centroids < 2 or m.num_centroids > 256:
+        raise ValueError(f"model.num_centroids must be in [2, 256], got {m.num_centroids}")
+    if m.temperature <= 0:
+        raise ValueError(f"model.temperature must be > 0, got {m.temperature}")
+    if not 0.0 <= lo.lam <= 1.0:
+        raise ValueError(f"loss.lam must be in [0, 1], got {lo.lam}")
+    if not 0.0 < lo.rho <= 1.0:
+        raise ValueError(f"loss.rho must be in (0, 1], got {lo.rho}")
+    if lo.disorder not in losses.DISORDER_MODES:
+        raise ValueError(f"loss.disorder must be one of {losses.DISORDER_MODES}")
+    if x.method not in xai.METHODS or x.rule not in xai.RULES or x.target not in xai.TARGETS:
+        raise ValueError(
+            f"xai.method/rule/target must be in {xai.METHODS}/{xai.RULES}/{xai.TARGETS}, got "
+            f"{x.method}/{x.rule}/{x.target}"
+        )
+    devices = jax.device_count()
+    for name in ("train", "reference_train"):
+        tc = config[name]
+        if tc.epochs < 0 or tc.batch_size <= 0 or tc.lr <= 0:
+            raise ValueError(f"{name}: epochs >= 0, batch_size > 0 and lr > 0 are required")
+        if tc.batch_size % devices:
+            raise ValueError(
+                f"{name}.batch_size={tc.batch_size} must be divisible by the "
+                f"{devices} devices of the data-parallel mesh"
+            )
+        if tc.log_every_steps <= 0 or tc.eval_every_epochs <= 0 or tc.max_to_keep <= 0:
+            raise ValueError(f"{name}: log_every_steps, eval_every_epochs, max_to_keep must be > 0")
+    if config.eval_batch_size <= 0 or config.eval_batch_size % devices:
+        raise ValueError(
+            f"eval_batch_size={config.eval_batch_size} must be a positive multiple of the "
+            f"{devices} devices of the data-parallel mesh (evaluation is sharded too)"
+        )
+
+
+class _DropLibraryChatter(pylogging.Filter):
+    """Orbax logs several INFO lines per save; keep its warnings, drop the chatter."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        if "/orbax/" not in record.pathname:
+            return True
+        return record.levelno >= pylogging.WARNING and "_CHECKPOINT_METADATA" not in str(
+            record.msg
+        )
+
+
+def quiet_library_logs() -> None:
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _DropLibraryChatter) for f in handler.filters):
+        handler.addFilter(_DropLibraryChatter())
+
+
+def _accumulate_seconds(workdir: str, seconds: float) -> float:
+    """Wall-clock training seconds summed over (resumed) invocations of this workdir."""
+    path = os.path.join(workdir, SECONDS_FILE)
+    prev = 0.0
+    if os.path.exists(path):
+        with open(path) as f:
+            prev = float(json.load(f).get("seconds", 0.0))
+    if seconds:
+        layout.write_json(path, {"seconds": prev + seconds})
+    return prev + seconds
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> dict[str, Any]:
+    """Run ``mode`` in ``workdir`` (resuming whatever is there); returns the results dict."""
+    quiet_library_logs()
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    validate_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    layout.write_json(os.path.join(workdir, layout.CONFIG_FILE), layout.config_to_dict(config))
+    mesh = make_mesh()
+    logging.info("mesh: %d %s device(s)", mesh.size, jax.devices()[0].platform)
+    data = input_pipeline.load(config.data, config.seed)
+    logging.info("data: %d train / %d %s samples", len(data.train), len(data.eval), data.eval_name)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    ctx = Context(
+        data=data,
+        pipeline=input_pipeline.Pipeline(config.data, config.seed),
+        mesh=mesh,
+        writer=writer,
+        seed=int(config.seed),
+        eval_batch_size=int(config.eval_batch_size),
+    )
+    t0 = time.time()
+    try:
+        if mode in ("all", "pretrain_reference"):
+            _, done = stages.pretrain_reference(config, ctx, workdir)
+            if not done or mode == "pretrain_reference":
+                _accumulate_seconds(workdir, time.time() - t0)
+                return {"stage": "reference", "complete": done}
+        if mode in ("all", "train"):
+            state, done, meta = stages.train_agilenn(config, ctx, workdir)
+            seconds = _accumulate_seconds(workdir, time.time() - t0)
+            if not done:
+                return {"stage": "agilenn", "complete": False}
+        else:
+            state, meta = stages.load_agilenn(config, data, workdir, mesh)
+            seconds = _accumulate_seconds(workdir, 0.0)
+        results = evaluation.evaluate_agilenn(config, state, ctx)
+        results["channel_perm"] = meta.get("channel_perm")
+        results["config"] = layout.config_to_dict(config)
+        results["train_seconds"] = seconds
+        writer.write_scalars(
+            int(state.step),
+            {f"agilenn/{data.eval_name}/{k}": v for k, v in results.items() if isinstance(v, float)},
+        )
+        layout.write_json(os.path.join(workdir, layout.RESULTS_FILE), results)
+        print(evaluation.format_results(results), flush=True)
+        return results
+    finally:
+        writer.flush()
+        writer.close()

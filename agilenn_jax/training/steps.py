@@ -1,0 +1,210 @@
+"""Pure step functions: ``train_step(state, batch, rng) -> (state, metrics)`` and
+``eval_step(state, batch) -> metrics``, with metrics as ``clu.metrics`` collections so the loop
+merges and averages them without knowing their names.
+
+The AgileNN step computes Integrated Gradients of the frozen reference NN inline and takes
+gradients through the attribution (second order), all inside one jitted function.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+from clu import metrics
+
+from agilenn_jax import losses, xai
+from agilenn_jax.models import ReferenceNN, build_reference_nn, num_local_channels
+from agilenn_jax.training.state import TrainState
+
+
+@flax.struct.dataclass
+class ReferenceTrainMetrics(metrics.Collection):
+    loss: metrics.Average.from_output("loss")
+    accuracy: metrics.Average.from_output("accuracy")
+
+
+@flax.struct.dataclass
+class PlainTrainMetrics(metrics.Collection):
+    """The CE-only AgileNN step (the benchmark's baseline)."""
+
+    loss: metrics.Average.from_output("loss")
+    accuracy: metrics.Average.from_output("accuracy")
+    alpha: metrics.Average.from_output("alpha")
+
+
+@flax.struct.dataclass
+class AgileNNTrainMetrics(metrics.Collection):
+    loss: metrics.Average.from_output("loss")
+    accuracy: metrics.Average.from_output("accuracy")
+    local_accuracy: metrics.Average.from_output("local_accuracy")
+    remote_accuracy: metrics.Average.from_output("remote_accuracy")
+    alpha: metrics.Average.from_output("alpha")
+    ce: metrics.Average.from_output("ce")
+    skew_loss: metrics.Average.from_output("skew_loss")
+    disorder_loss: metrics.Average.from_output("disorder_loss")
+    skewness: metrics.Average.from_output("skewness")
+    violation_rate: metrics.Average.from_output("violation_rate")
+    trusted_fraction: metrics.Average.from_output("trusted_fraction")
+
+
+@flax.struct.dataclass
+class ReferenceEvalMetrics(metrics.Collection):
+    accuracy: metrics.Accuracy
+
+
+@flax.struct.dataclass
+class AgileNNEvalMetrics(metrics.Collection):
+    """Periodic evaluation: accuracies only (no IG), cheap enough to run every few epochs."""
+
+    accuracy: metrics.Average.from_output("correct")
+    local_accuracy: metrics.Average.from_output("local_correct")
+    remote_accuracy: metrics.Average.from_output("remote_correct")
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+
+
+def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-sample 0/1 correctness, for masked averages."""
+    return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------- reference stage
+
+
+def reference_train_step(
+    state: TrainState, batch: dict, rng: jax.Array
+) -> tuple[TrainState, ReferenceTrainMetrics]:
+    """Plain CE step of extractor + reference NN."""
+
+    def loss_fn(params):
+        logits, upd = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["image"],
+            train=True,
+            rngs={"dropout": rng},
+            mutable=["batch_stats"],
+        )
+        ce = jnp.mean(losses.cross_entropy(logits, batch["label"]))
+        return ce, (logits, upd["batch_stats"])
+
+    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    m = ReferenceTrainMetrics.single_from_model_output(
+        loss=loss, accuracy=accuracy(logits, batch["label"])
+    )
+    return state.apply_gradients(grads, stats), m
+
+
+def reference_eval_step(state: TrainState, batch: dict) -> ReferenceEvalMetrics:
+    logits = state.apply_fn(state.variables(), batch["image"], train=False)
+    return ReferenceEvalMetrics.single_from_model_output(
+        logits=logits, labels=batch["label"], mask=batch["mask"]
+    )
+
+
+# --------------------------------------------------------------------------- AgileNN stage
+
+
+def reference_logits_fn(reference: ReferenceNN, frozen: dict) -> Callable[[jax.Array], jax.Array]:
+    """Frozen reference NN (inference-mode BN) on AgileNN's features.
+
+    Algorithm 1 permutes the extractor's output channels; ``inv_perm`` undoes that before the
+    reference, so the reference sees the channel order it was trained on and IG is w.r.t. the
+    permuted features directly.
+    """
+    variables = {"params": frozen["params"], "batch_stats": frozen["batch_stats"]}
+    inv_perm = frozen["inv_perm"]
+    return lambda f: reference.apply(variables, f[..., inv_perm], train=False)
+
+
+def channel_attribution(
+    reference: ReferenceNN,
+    frozen: dict,
+    features: jax.Array,
+    labels: jax.Array,
+    xc: ml_collections.ConfigDict,
+) -> tuple[jax.Array, jax.Array]:
+    """Per-channel importance [B, C] of ``features`` for the frozen reference, and its logits."""
+    attr, ref_logits = xai.attribute(
+        reference_logits_fn(reference, frozen),
+        features,
+        labels,
+        method=xc.method,
+        steps=xc.steps,
+        rule=xc.rule,
+        target=xc.target,
+    )
+    return xai.channel_importance(attr), ref_logits
+
+
+def make_agilenn_train_step(
+    config: ml_collections.ConfigDict, use_xai: bool = True
+) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, Any]]:
+    """The AgileNN step: forward, inline IG of the frozen reference, loss, grads through IG.
+
+    ``use_xai=False`` gives the plain CE step on the same model (the benchmark's baseline).
+    """
+    k = num_local_channels(config)
+    reference = build_reference_nn(config)
+    xc, lc = config.xai, config.loss
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        labels = batch["label"]
+
+        def loss_fn(params):
+            out, upd = state.apply_fn(
+                {"params": params, "batch_stats": state.batch_stats},
+                batch["image"],
+                train=True,
+                rngs={"dropout": rng},
+                mutable=["batch_stats"],
+            )
+            if not use_xai:
+                ce = jnp.mean(losses.cross_entropy(out["logits"], labels))
+                return ce, (out, upd["batch_stats"], {})
+            imp, ref_logits = channel_attribution(
+                reference, state.frozen, out["features"], labels, xc
+            )
+            ref_ok = (jnp.argmax(ref_logits, -1) == labels).astype(jnp.float32)
+            trust = ref_ok if xc.trust_correct_only else jnp.ones_like(ref_ok)
+            loss, parts = losses.agilenn_loss(
+                out["logits"], labels, imp, trust, k, lc.rho, lc.lam, lc.disorder
+            )
+            parts.update(
+                skewness=jnp.mean(jnp.sum(imp[:, :k], -1)),
+                violation_rate=jnp.mean(losses.disorder_violations(imp, k)),
+                trusted_fraction=jnp.mean(trust),
+            )
+            return loss, (out, upd["batch_stats"], parts)
+
+        (loss, (out, stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        state = state.apply_gradients(grads, stats)
+        if not use_xai:
+            return state, PlainTrainMetrics.single_from_model_output(
+                loss=loss, accuracy=accuracy(out["logits"], labels), alpha=out["alpha"]
+            )
+        return state, AgileNNTrainMetrics.single_from_model_output(
+            loss=loss,
+            accuracy=accuracy(out["logits"], labels),
+            local_accuracy=accuracy(out["local_logits"], labels),
+            remote_accuracy=accuracy(out["remote_logits"], labels),
+            alpha=out["alpha"],
+            **parts,
+        )
+
+    return train_step
+
+
+def agilenn_eval_step(state: TrainState, batch: dict) -> AgileNNEvalMetrics:
+    out = state.apply_fn(state.variables(), batch["image"], train=False)
+    labels = batch["label"]
+    return AgileNNEvalMetrics.single_from_model_output(
+        correct=correct(out["logits"], labels),
+        local_correct=correct(out["local_logits"], labels),
+        remote_correct=correct(out["remote_logits"], labels),
+        mask=batch["mask"],
+    )

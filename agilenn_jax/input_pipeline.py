@@ -1,7 +1,8 @@
 """Datasets (tfds / ImageFolder / scikit-learn digits) and deterministic tf.data pipelines.
 
-Every source is materialised once as uint8 arrays (train / eval split, seeded hold-out where
-needed); each epoch's pipeline is then a pure function of (seed, epoch, start batch), so a resumed
+Every source is materialised once as uint8 arrays: train, and the eval split (the dataset's own
+test or val/validation split, or a seeded hold-out of train for ``eval_split="val"`` when it has
+none). Each epoch's pipeline is then a pure function of (seed, epoch, start batch), so a resumed
 run sees exactly the batches an uninterrupted run would have seen.
 """
 
@@ -10,12 +11,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 SOURCES = ("tfds", "imagefolder", "digits")
+EVAL_SPLITS = ("test", "val")
+# The dataset splits that serve each data.eval_split, in order of preference (tfds names its
+# validation split "validation"; ImageFolder splits are the folder names).
+_EVAL_SPLIT_NAMES = {"test": ("test",), "val": ("val", "validation")}
+_CACHED_SPLITS = 4  # Pipeline keeps tf tensors for this many Split objects (train, eval, ...)
 
 
 class DatasetError(ValueError):
@@ -35,7 +42,17 @@ class Split:
 class Data:
     train: Split
     eval: Split
-    eval_name: str  # "test" or "val" (held out of train)
+    eval_name: str  # "test" or "val" (the dataset's val/validation split, or held out of train)
+    num_classes: int
+
+
+@dataclasses.dataclass
+class _Source:
+    """A dataset before materialisation: its split names and how to read one of them."""
+
+    where: str  # for messages, e.g. "tfds dataset 'cifar10'"
+    names: list[str]
+    read: Callable[[str], Split]
     num_classes: int
 
 
@@ -58,13 +75,14 @@ def _holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     return Split(split.images[tr], split.labels[tr]), Split(split.images[val], split.labels[val])
 
 
-def _load_digits() -> tuple[dict[str, Split], int]:
+def _load_digits() -> _Source:
     from sklearn.datasets import load_digits
 
     d = load_digits()
     img = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)  # 8x8, values 0..16
     img = np.repeat(img[..., None], 3, axis=-1)
-    return {"train": Split(img, d.target.astype(np.int32))}, 10
+    train = Split(img, d.target.astype(np.int32))
+    return _Source("scikit-learn digits", ["train"], lambda name: train, 10)
 
 
 def _to_split(ds, tf) -> Split:
@@ -80,11 +98,23 @@ def _to_split(ds, tf) -> Split:
     return Split(imgs.astype(np.uint8), np.concatenate(labels).astype(np.int32))
 
 
-def _load_tfds(cfg: ml_collections.ConfigDict) -> tuple[dict[str, Split], int]:
+def _broken_install(e: ImportError) -> ImportError:
+    """``e`` re-raised with a message that blames the install, not the dataset."""
+    module = e.name or str(e)
+    msg = (
+        f"tensorflow_datasets failed to import {module!r} ({e}): the Python environment is "
+        "incomplete, the dataset itself was not checked. Reinstall with `pip install -e .` "
+        f"(setup.cfg declares what tfds needs) or install the package providing {module!r}."
+    )
+    cls = ModuleNotFoundError if isinstance(e, ModuleNotFoundError) else ImportError
+    return cls(msg, name=e.name, path=e.path)
+
+
+def _load_tfds(cfg: ml_collections.ConfigDict) -> _Source:
     tf = _tf()
     import tensorflow_datasets as tfds
 
-    splits, num_classes = {}, 0
+    loaded, num_classes = {}, 0
     problem = "no prepared 'train' split"
     try:
         loaded, info = tfds.load(
@@ -94,18 +124,27 @@ def _load_tfds(cfg: ml_collections.ConfigDict) -> tuple[dict[str, Split], int]:
             as_supervised=True,
             with_info=True,
         )
-        splits = {n: _to_split(ds, tf) for n, ds in loaded.items() if n in ("train", "test")}
         num_classes = int(info.features["label"].num_classes)
+    except ImportError as e:  # a broken install, not a missing dataset: say so.
+        raise _broken_install(e) from e
     except Exception as e:  # tfds raises many types; all mean "not available here".
-        problem = type(e).__name__
-    if "train" not in splits:
+        detail = (str(e).strip().splitlines() or [""])[0]
+        detail = detail if len(detail) <= 200 else detail[:199] + "…"
+        problem = f"{type(e).__name__}: {detail}" if detail else type(e).__name__
+        loaded = {}
+    if "train" not in loaded:
         raise DatasetError(
             f"tfds dataset {cfg.name!r} is not available (data_dir={cfg.data_dir or 'default'}, "
             f"download={cfg.download}): {problem}. Pass --config.data.data_dir=DIR "
             "holding a prepared copy, or --config.data.source=imagefolder "
             "--config.data.path=ROOT for a root/split/class/img folder."
         )
-    return splits, num_classes
+    return _Source(
+        f"tfds dataset {cfg.name!r}",
+        list(loaded),
+        lambda name: _to_split(loaded[name], tf),
+        num_classes,
+    )
 
 
 def _extract(path: str, cache_dir: str) -> str:
@@ -121,7 +160,7 @@ def _extract(path: str, cache_dir: str) -> str:
     return root
 
 
-def _load_imagefolder(cfg: ml_collections.ConfigDict) -> tuple[dict[str, Split], int]:
+def _load_imagefolder(cfg: ml_collections.ConfigDict) -> _Source:
     path = os.path.expanduser(cfg.path or "")
     if not path or not os.path.exists(path):
         raise DatasetError(
@@ -136,42 +175,79 @@ def _load_imagefolder(cfg: ml_collections.ConfigDict) -> tuple[dict[str, Split],
 
     try:
         builder = tfds.folder_dataset.ImageFolder(path)
+    except ImportError as e:
+        raise _broken_install(e) from e
     except Exception as e:
         raise DatasetError(f"cannot read ImageFolder at {path!r}: {e}") from None
     names = list(builder.info.splits.keys())
     if "train" not in names:
         raise DatasetError(f"ImageFolder at {path!r} has splits {names}, needs a 'train' folder")
-    splits = {}
-    for name in names:
+
+    def read(name: str) -> Split:
         ds = builder.as_dataset(split=name, as_supervised=True, shuffle_files=False)
         if cfg.source_size:
             s = int(cfg.source_size)
             ds = ds.map(lambda x, y: (tf.cast(tf.image.resize(x, (s, s)), tf.uint8), y))
-        splits[name] = _to_split(ds, tf)
-    return splits, int(builder.info.features["label"].num_classes)
+        return _to_split(ds, tf)
+
+    return _Source(
+        f"ImageFolder at {path!r}", names, read, int(builder.info.features["label"].num_classes)
+    )
 
 
 def load(cfg: ml_collections.ConfigDict, seed: int) -> Data:
-    """Load ``cfg.source`` and split it into train and eval (test, or a seeded hold-out)."""
+    """Load ``cfg.source``: its train split and the eval split ``cfg.eval_split`` asks for.
+
+    ``eval_split="test"`` needs the dataset's test split. ``eval_split="val"`` uses its val (or
+    tfds ``validation``) split, else a seeded ``val_fraction`` hold-out of train. Only train and
+    the chosen eval split are read.
+    """
+    if cfg.eval_split not in EVAL_SPLITS:
+        raise DatasetError(f"data.eval_split must be 'test' or 'val', got {cfg.eval_split!r}")
     if cfg.source == "digits":
-        splits, num_classes = _load_digits()
+        src = _load_digits()
     elif cfg.source == "tfds":
-        splits, num_classes = _load_tfds(cfg)
+        src = _load_tfds(cfg)
     elif cfg.source == "imagefolder":
-        splits, num_classes = _load_imagefolder(cfg)
+        src = _load_imagefolder(cfg)
     else:
         raise DatasetError(f"unknown data.source {cfg.source!r}; expected one of {SOURCES}")
-    if cfg.num_classes != num_classes:
+    if cfg.num_classes != src.num_classes:
         raise DatasetError(
-            f"config data.num_classes={cfg.num_classes} but the dataset has {num_classes} classes"
+            f"config data.num_classes={cfg.num_classes} but the dataset has "
+            f"{src.num_classes} classes"
         )
-    train = splits["train"]
-    if cfg.eval_split == "test" and "test" in splits:
-        return Data(train, splits["test"], "test", num_classes)
-    if cfg.eval_split not in ("test", "val"):
-        raise DatasetError(f"data.eval_split must be 'test' or 'val', got {cfg.eval_split!r}")
-    train, val = _holdout(train, cfg.val_fraction, seed)
-    return Data(train, val, "val", num_classes)
+    eval_name = next((n for n in _EVAL_SPLIT_NAMES[cfg.eval_split] if n in src.names), None)
+    if eval_name is None and cfg.eval_split == "test":
+        raise DatasetError(
+            f"{src.where} has no test split (its splits: {sorted(src.names)}). Pass "
+            "--config.data.eval_split=val to evaluate on its val split or, without one, on a "
+            "seeded --config.data.val_fraction hold-out of train."
+        )
+    train = src.read("train")
+    if eval_name is not None:
+        ev = src.read(eval_name)
+        logging.info(
+            "data: eval_split=%s uses the %r split of %s (%d samples; %d train)",
+            cfg.eval_split,
+            eval_name,
+            src.where,
+            len(ev),
+            len(train),
+        )
+        return Data(train, ev, cfg.eval_split, src.num_classes)
+    train, ev = _holdout(train, cfg.val_fraction, seed)
+    logging.info(
+        "data: eval_split=val: %s has no val split (splits: %s); holding out %d of train "
+        "(val_fraction=%s, seed=%d; %d train remain)",
+        src.where,
+        sorted(src.names),
+        len(ev),
+        cfg.val_fraction,
+        seed,
+        len(train),
+    )
+    return Data(train, ev, "val", src.num_classes)
 
 
 class Pipeline:
@@ -183,6 +259,24 @@ class Pipeline:
         self.seed = int(seed)
         self.mean = np.asarray(cfg.mean, np.float32)
         self.std = np.asarray(cfg.std, np.float32)
+        # (split, its images, its labels, tf images, tf labels), most recently used last.
+        self._tensors_cache: list[tuple] = []
+
+    def _tensors(self, split: Split):
+        """``split``'s images and labels as tf tensors, built once per Split (not per epoch).
+
+        Keyed by the identity of the Split and of its arrays, which are never mutated in place;
+        references to the last few splits are held so an id cannot be reused while cached.
+        """
+        for i, entry in enumerate(self._tensors_cache):
+            s, images, labels, tf_images, tf_labels = entry
+            if s is split and images is split.images and labels is split.labels:
+                self._tensors_cache.append(self._tensors_cache.pop(i))
+                return tf_images, tf_labels
+        tf_images, tf_labels = self.tf.constant(split.images), self.tf.constant(split.labels)
+        entry = (split, split.images, split.labels, tf_images, tf_labels)
+        self._tensors_cache = [*self._tensors_cache[-(_CACHED_SPLITS - 1) :], entry]
+        return tf_images, tf_labels
 
     def _preprocess(self, img, seed, augment: bool):
         tf = self.tf
@@ -211,8 +305,7 @@ class Pipeline:
         idx = perm[start_batch * batch_size : n_batches * batch_size]
         pos = np.arange(start_batch * batch_size, n_batches * batch_size, dtype=np.int64)
         seeds = np.stack([np.full_like(pos, self.seed * 100_003 + epoch), pos], axis=-1)
-        images = tf.constant(split.images)
-        labels = tf.constant(split.labels)
+        images, labels = self._tensors(split)
 
         def fn(i, s):
             return {
@@ -233,8 +326,7 @@ class Pipeline:
         mask = np.zeros(padded, np.float32)
         mask[:n] = 1.0
         idx = np.minimum(np.arange(padded), n - 1)
-        images = tf.constant(split.images)
-        labels = tf.constant(split.labels)
+        images, labels = self._tensors(split)
 
         def fn(i, m):
             img = self._preprocess(tf.gather(images, i), tf.zeros(2, tf.int64), augment=False)

@@ -1,9 +1,9 @@
 """What a run's workdir holds, and reading it back: the one place that knows these names.
 
-    workdir/config.json        the run's config (written before any work)
-    workdir/reference/<step>/  orbax checkpoints of stage 1 (extractor + reference NN)
-    workdir/agilenn/<step>/    orbax checkpoints of stage 2 (AgileNN + frozen reference)
-    workdir/results.json       the final evaluation
+workdir/config.json        the run's config (written before any work)
+workdir/reference/<step>/  orbax checkpoints of stage 1 (extractor + reference NN)
+workdir/agilenn/<step>/    orbax checkpoints of stage 2 (AgileNN + frozen reference)
+workdir/results.json       the final evaluation
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from agilenn_jax import input_pipeline, train  # noqa: E402
+from agilenn_jax import input_pipeline  # noqa: E402
+from agilenn_jax.training import sharding, stages, steps  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/quickstart.py", "Config.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch size (0: the config's).")
@@ -33,9 +34,9 @@ def _fake_data(config, n: int) -> input_pipeline.Data:
 
 def bench(config, step_fn, batch, mesh, iters: int) -> tuple[float, float]:
     data = _fake_data(config, batch["label"].shape[0] * 2)
-    state = train.agilenn_state_template(config, data, mesh)
-    jitted = train.jit_train_step(step_fn, mesh)
-    batch = train.shard_batch(batch, mesh)
+    state = stages.agilenn_state_template(config, data, mesh)
+    jitted = sharding.jit_train_step(step_fn, mesh)
+    batch = sharding.shard_batch(batch, mesh)
     rng = jax.random.key(0)
     compiled = jitted.lower(state, batch, rng).compile()
     mem = compiled.memory_analysis()
@@ -66,18 +67,18 @@ def main(argv):
         "image": rng.normal(size=(bs, s, s, 3)).astype(np.float32),
         "label": rng.integers(0, config.data.num_classes, bs).astype(np.int32),
     }
-    mesh = train.make_mesh()
+    mesh = sharding.make_mesh()
     rows = [
         (
             "plain CE",
-            *bench(config, train.make_agilenn_train_step(config, False), batch, mesh, _ITERS.value),
+            *bench(config, steps.make_agilenn_train_step(config, False), batch, mesh, _ITERS.value),
         )
     ]
     for m in [int(x) for x in _STEPS.value]:
         with config.unlocked():
             config.xai.steps = m
             config.xai.rule = "trapezoid"
-        step = train.make_agilenn_train_step(config)
+        step = steps.make_agilenn_train_step(config)
         rows.append((f"AgileNN IG m={m}", *bench(config, step, batch, mesh, _ITERS.value)))
     base = rows[0][1]
     print(f"\n{jax.device_count()} x {jax.devices()[0].device_kind}, batch {bs}, {s}x{s} input")

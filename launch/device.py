@@ -52,7 +52,12 @@ def main(argv):
             workdir = _WORKDIR.value or json.load(f)["workdir"]
         creds = client.Credentials.from_file(_KEYS.value, _DEVICE_ID.value) if _KEYS.value else None
         device = client.Device(
-            _EXPORT.value, _HOST.value, _PORT.value, link, _CODER.value, _TIMEOUT.value,
+            _EXPORT.value,
+            _HOST.value,
+            _PORT.value,
+            link,
+            _CODER.value,
+            _TIMEOUT.value,
             credentials=creds,
         )
         images, labels = inference.held_out_images(inference.load_run(workdir), _N.value)

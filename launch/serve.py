@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 
 from agilenn_jax.checkpoint import CheckpointError  # noqa: E402
-from agilenn_jax.serving import protocol, server  # noqa: E402
+from agilenn_jax.serving import server  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.")
 _EXPORT = flags.DEFINE_string("export_dir", None, "Export dir (default WORKDIR/export).")

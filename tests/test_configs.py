@@ -2,15 +2,23 @@ import importlib
 
 import pytest
 
-from agilenn_jax import train
+from agilenn_jax.training import experiment
 
-NAMES = ["cifar10", "cifar100", "svhn", "tiny_imagenet", "quickstart", "smoke"]
+NAMES = [
+    "cifar10",
+    "cifar100",
+    "cifar10_cpu",
+    "svhn",
+    "tiny_imagenet",
+    "quickstart",
+    "smoke",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_config_is_locked_and_valid(name):
     c = importlib.import_module(f"experiments.configs.{name}").get_config()
-    train.validate_config(c)
+    experiment.validate_config(c)
     with pytest.raises(AttributeError):
         c.not_a_field = 1  # locked: typos in overrides fail loudly
 

@@ -12,9 +12,12 @@ from agilenn_jax.models import (
     LocalNN,
     MobileNetV2Stack,
     SoftHardQuantizer,
+    alpha_from_logit,
+    combine,
     split_channels,
 )
-from agilenn_jax.models.layers import DepthwiseConv
+from agilenn_jax.models.agilenn import feature_shape
+from agilenn_jax.models.layers import DepthwiseConv, same_output_size
 
 RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
 
@@ -112,3 +115,49 @@ def test_quantizer_hard_forward_soft_backward():
 def test_quantizer_rejects_one_centroid():
     with pytest.raises(ValueError, match="centroids"):
         SoftHardQuantizer(num_centroids=1).init(RNGS, jnp.ones((1, 2, 2, 1)))
+
+
+def test_permute_output_channels_is_exact_and_touches_every_leaf():
+    m = FeatureExtractor(channels=(8, 6), strides=(2, 1))
+    x = jax.random.normal(jax.random.key(0), (2, 10, 10, 3))
+    v = m.init(RNGS, x)
+    v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(3), a.shape), v)
+    perm = np.array([3, 0, 5, 1, 4, 2])
+    pv = m.permute_output_channels(v, perm)
+    np.testing.assert_allclose(m.apply(pv, x), m.apply(v, x)[..., perm], rtol=1e-5, atol=1e-6)
+    conv, bn = m.output_layer_names()
+    assert set(v["params"][conv]) == {"kernel"}  # the coupling this method relies on
+    # A bias (or any other per-channel leaf) on the output layers is permuted too.
+    with_bias = {
+        "params": dict(v["params"], **{conv: dict(v["params"][conv], bias=jnp.arange(6.0))})
+    }
+    out = m.permute_output_channels(with_bias, perm)
+    np.testing.assert_array_equal(out["params"][conv]["bias"], perm.astype(np.float32))
+    np.testing.assert_array_equal(v["params"][conv]["kernel"], with_bias["params"][conv]["kernel"])
+    with pytest.raises(ValueError, match="permutation"):
+        m.permute_output_channels(v, np.array([0, 0, 1, 2, 3, 4]))
+
+
+def test_combine_is_one_rule_for_jax_and_numpy():
+    m = AgileNN(10, k=2, extractor_channels=(8, 6), remote_width=0.35, remote_head_channels=16)
+    x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
+    v = m.init(RNGS, x)
+    v["params"]["alpha_logit"] = jnp.asarray(1.7)
+    out = m.apply(v, x)
+    a = float(alpha_from_logit(1.7, m.temperature))
+    assert float(out["alpha"]) == pytest.approx(a)
+    host = combine(np.asarray(out["local_logits"]), np.asarray(out["remote_logits"]), a)
+    np.testing.assert_allclose(out["logits"], host, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size,stride", [(96, 3), (32, 1), (25, 2), (7, 3), (12, 2)])
+def test_same_output_size_matches_the_layers(size, stride):
+    x = jnp.ones((1, size, size, 4))
+    layer = DepthwiseConv(3, stride, "conv")
+    y = layer.apply(layer.init(RNGS, x), x)
+    assert y.shape[1] == same_output_size(size, stride)
+    chans, strides = (8, 5), (stride, 1)
+    f = FeatureExtractor(chans, strides)
+    assert f.apply(f.init(RNGS, x[..., :3]), x[..., :3]).shape[1:] == feature_shape(
+        size, chans, strides
+    )

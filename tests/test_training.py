@@ -6,13 +6,16 @@ import sys
 import textwrap
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agilenn_jax import input_pipeline, train
+from agilenn_jax import inference, input_pipeline, layout
 from agilenn_jax.checkpoint import Checkpointer, CheckpointError
+from agilenn_jax.models import build_agilenn, build_reference, build_reference_nn
+from agilenn_jax.training import experiment, stages, steps
+from agilenn_jax.training.loop import Context
+from agilenn_jax.training.sharding import make_mesh
 from tests.conftest import ROOT
 from tests.helpers import smoke_config
 
@@ -37,13 +40,25 @@ def reference_workdir(trained_workdir):
 
 
 def _copy_reference(src, dst):
-    shutil.copytree(os.path.join(src, train.REFERENCE_DIR), os.path.join(dst, train.REFERENCE_DIR))
+    shutil.copytree(
+        os.path.join(src, layout.REFERENCE_DIR), os.path.join(dst, layout.REFERENCE_DIR)
+    )
 
 
-def _final_params(config, workdir):
-    data = input_pipeline.load(config.data, config.seed)
-    state, _ = train.load_agilenn(config, data, workdir, train.make_mesh())
-    return jax.device_get(state.params), int(state.step)
+def _final_params(workdir):
+    run = inference.load_run(workdir)  # the variables only: no data, no optimiser
+    return run.variables["params"], run.step
+
+
+def _context(config, data):
+    return Context(
+        data=data,
+        pipeline=input_pipeline.Pipeline(config.data, config.seed),
+        mesh=make_mesh(),
+        writer=None,
+        seed=config.seed,
+        eval_batch_size=config.eval_batch_size,
+    )
 
 
 def test_resume_after_interruption_matches_uninterrupted(reference_workdir, tmp_path):
@@ -51,16 +66,21 @@ def test_resume_after_interruption_matches_uninterrupted(reference_workdir, tmp_
     for wd in (full, cut):
         _copy_reference(reference_workdir, wd)
     # A periodic checkpoint on an epoch boundary (14 steps/epoch) must not save a step twice.
-    res_full = train.run(smoke_config(epochs=2, checkpoint_every_steps=14), full, "train")
+    config = smoke_config(epochs=2)
+    data = input_pipeline.load(config.data, config.seed)
+    per_epoch = len(data.train) // config.train.batch_size
+    res_full = experiment.run(
+        smoke_config(epochs=2, checkpoint_every_steps=per_epoch), full, "train"
+    )
 
-    out = train.run(smoke_config(epochs=2, stop_after_steps=5), cut, "train")
+    out = experiment.run(smoke_config(epochs=2, stop_after_steps=5), cut, "train")
     assert out == {"stage": "agilenn", "complete": False}
-    assert Checkpointer(os.path.join(cut, train.AGILENN_DIR)).latest_step() == 5
-    res_cut = train.run(smoke_config(epochs=2), cut, "train")  # the same command again
+    assert Checkpointer(os.path.join(cut, layout.AGILENN_DIR)).latest_step() == 5
+    res_cut = experiment.run(config, cut, "train")  # the same command again
 
-    p_full, step_full = _final_params(smoke_config(epochs=2), full)
-    p_cut, step_cut = _final_params(smoke_config(epochs=2), cut)
-    assert step_full == step_cut == 2 * (898 // 64)
+    p_full, step_full = _final_params(full)
+    p_cut, step_cut = _final_params(cut)
+    assert step_full == step_cut == 2 * per_epoch
     chex.assert_trees_all_close(p_full, p_cut, rtol=1e-5, atol=1e-6)
     assert res_full["test_accuracy"] == pytest.approx(res_cut["test_accuracy"])
     assert RESULT_KEYS <= set(res_full)
@@ -70,24 +90,23 @@ def test_resume_after_interruption_matches_uninterrupted(reference_workdir, tmp_
 def test_preselection_permutation_is_exact(reference_workdir):
     config = smoke_config()
     data = input_pipeline.load(config.data, config.seed)
-    mesh = train.make_mesh()
-    ref = train.load_reference(config, data, reference_workdir, mesh)
-    pipe = input_pipeline.Pipeline(config.data, config.seed)
-    perm, freq = train.preselect_channels(config, ref, data, pipe, mesh)
+    ctx = _context(config, data)
+    ref = stages.load_reference(config, data, reference_workdir, ctx.mesh)
+    perm, freq = stages.preselect_channels(config, ref, ctx)
     assert sorted(perm.tolist()) == list(range(8))
-    k = train.num_local_channels(config)
+    k = 2
     assert np.all(freq[perm[:k]][:, None] >= freq[perm[k:]][None, :])
     assert freq.sum() == pytest.approx(k)  # each sample contributes exactly k top-k hits
 
-    template = train.agilenn_state_template(config, data, mesh)
-    state = train.init_agilenn_from_reference(config, ref, perm, template)
-    x = jnp.asarray(next(pipe.eval_batches(data.eval, 16))["image"])
-    module = train.build_reference(config)
+    template = stages.agilenn_state_template(config, data, ctx.mesh)
+    state = stages.init_agilenn_from_reference(config, ref, perm, template)
+    x = jnp.asarray(next(ctx.pipeline.eval_batches(data.eval, 16))["image"])
+    module = build_reference(config)
     f_old = module.apply(ref.variables(), x, method="features")
-    f_new = train.build_agilenn(config).apply(state.variables(), x)["features"]
+    f_new = build_agilenn(config).apply(state.variables(), x)["features"]
     np.testing.assert_allclose(f_new, f_old[..., perm], rtol=1e-5, atol=1e-5)
     # The frozen reference sees its original channel order: same logits as before.
-    ref_fn = train.reference_logits_fn(train.build_reference_nn(config), state.frozen)
+    ref_fn = steps.reference_logits_fn(build_reference_nn(config), state.frozen)
     np.testing.assert_allclose(
         ref_fn(f_new), module.apply(ref.variables(), x), rtol=1e-4, atol=1e-4
     )
@@ -95,9 +114,11 @@ def test_preselection_permutation_is_exact(reference_workdir):
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="no AgileNN checkpoint"):
-        train.run(smoke_config(), str(tmp_path), "evaluate")
+        experiment.run(smoke_config(), str(tmp_path), "evaluate")
     with pytest.raises(CheckpointError, match="pretrain_reference"):
-        train.run(smoke_config(), str(tmp_path), "train")
+        experiment.run(smoke_config(), str(tmp_path), "train")
+    with pytest.raises(CheckpointError, match="no AgileNN checkpoint"):
+        inference.load_run(str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -108,14 +129,19 @@ def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
         ("xai.rule", "simpson", "xai"),
         ("loss.disorder", "x", "disorder"),
         ("train.batch_size", 0, "batch_size"),
+        ("eval_batch_size", 0, "eval_batch_size"),
+        ("reference_train.max_to_keep", 0, "max_to_keep"),
     ],
 )
 def test_bad_config_values(tmp_path, key, value, match):
     c = smoke_config()
-    section, name = key.split(".")
-    c[section][name] = value
+    *sections, name = key.split(".")
+    node = c
+    for section in sections:
+        node = node[section]
+    node[name] = value
     with pytest.raises(ValueError, match=match):
-        train.run(c, str(tmp_path), "all")
+        experiment.run(c, str(tmp_path), "all")
 
 
 def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
@@ -130,7 +156,28 @@ def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
             fh.write(b"garbage")
     with pytest.raises(CheckpointError, match="unreadable"):
         Checkpointer(str(tmp_path / "ck")).restore(state)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        Checkpointer(str(tmp_path / "ck")).restore_subtree(("w",))
     assert all(os.path.exists(f) for f in files)  # nothing was deleted
+
+
+def test_checkpoint_of_another_model_is_a_mismatch_not_damage(tmp_path):
+    ckpt = Checkpointer(str(tmp_path / "ck"))
+    ckpt.save(1, {"w": jnp.arange(4.0)}, {})
+    ckpt.wait()
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        Checkpointer(str(tmp_path / "ck")).restore({"w": jnp.arange(5.0)})
+
+
+def test_reference_stage_keeps_its_own_max_to_keep(tmp_path):
+    c = smoke_config()
+    c.reference_train.max_to_keep = 3
+    c.train.max_to_keep = 1
+    c.reference_train.epochs = 3
+    wd = str(tmp_path / "wd")
+    experiment.run(c, wd, "pretrain_reference")
+    steps_kept = Checkpointer(os.path.join(wd, layout.REFERENCE_DIR))._mgr.all_steps()
+    assert len(steps_kept) == 3, steps_kept
 
 
 def test_data_parallel_step_on_8_fake_devices():
@@ -138,7 +185,8 @@ def test_data_parallel_step_on_8_fake_devices():
         """
         import jax, numpy as np, chex
         from jax.sharding import Mesh
-        from agilenn_jax import input_pipeline, train
+        from agilenn_jax import input_pipeline
+        from agilenn_jax.training import sharding, stages, steps
         from tests.helpers import smoke_config
         assert jax.device_count() == 8
         c = smoke_config()
@@ -148,17 +196,24 @@ def test_data_parallel_step_on_8_fake_devices():
         batch = {"image": rng.normal(size=(64, 12, 12, 3)).astype(np.float32),
                  "label": rng.integers(0, 10, 64).astype(np.int32)}
         outs = []
-        for mesh in (train.make_mesh(), Mesh(np.asarray(jax.devices()[:1]), ("data",))):
-            state = train.agilenn_state_template(c, data, mesh)
-            step = train.jit_train_step(train.make_agilenn_train_step(c), mesh)
-            b = train.shard_batch(batch, mesh)
+        for mesh in (sharding.make_mesh(), Mesh(np.asarray(jax.devices()[:1]), ("data",))):
+            state = stages.agilenn_state_template(c, data, mesh)
+            step = sharding.jit_train_step(steps.make_agilenn_train_step(c), mesh)
+            b = sharding.shard_batch(batch, mesh)
             if mesh.size == 8:
                 assert len(b["image"].sharding.device_set) == 8
                 chex.assert_shape(b["image"].addressable_shards[0].data, (8, 12, 12, 3))
             state, m = step(state, b, jax.random.key(0))
             assert state.params["alpha_logit"].sharding.is_fully_replicated
-            outs.append((jax.device_get(state.params), jax.device_get(m)))
+            outs.append((jax.device_get(state.params), jax.device_get(m.compute())))
         chex.assert_trees_all_close(outs[0], outs[1], rtol=2e-4, atol=2e-5)
+        from agilenn_jax.training import experiment
+        c.eval_batch_size = 100  # evaluation is sharded too: must split over 8 devices
+        try:
+            experiment.validate_config(c)
+            raise SystemExit("eval_batch_size=100 accepted on 8 devices")
+        except ValueError as e:
+            assert "eval_batch_size" in str(e), e
         print("OK", float(outs[0][1]["loss"]))
         """
     )
@@ -217,4 +272,4 @@ def test_nan_fails_loudly(tmp_path):
     c = smoke_config()
     c.reference_train.lr = 1e30  # diverges within a few steps
     with pytest.raises(FloatingPointError, match="non-finite"):
-        train.run(c, str(tmp_path), "pretrain_reference")
+        experiment.run(c, str(tmp_path), "pretrain_reference")

@@ -103,7 +103,9 @@ def export(
     runner = TFLMRunner(int8_model)
     arena = runner.arena_bytes()
     images, labels = inference.first_images(pipe, data.eval, num_verify)
-    verify = verify_device_model(run, runner, float_model, int8_model, qp, thresholds, images, labels)
+    verify = verify_device_model(
+        run, runner, float_model, int8_model, qp, thresholds, images, labels
+    )
     flash = len(int8_model)
     budget, over = cost.budget(flash, arena)
     if over and not allow_over_budget:

@@ -30,7 +30,9 @@ class MaskedSum(metrics.Metric):
     total: jax.Array
 
     @classmethod
-    def from_model_output(cls, values: jax.Array, mask: jax.Array | None = None, **_) -> "MaskedSum":
+    def from_model_output(
+        cls, values: jax.Array, mask: jax.Array | None = None, **_
+    ) -> "MaskedSum":
         if mask is not None:
             values = values * mask.reshape(mask.shape + (1,) * (values.ndim - 1))
         return cls(jnp.sum(values, axis=0))
@@ -85,7 +87,9 @@ def evaluate_agilenn(
     config: ml_collections.ConfigDict, state: TrainState, ctx: Context
 ) -> dict[str, Any]:
     """Offline evaluation: accuracies, achieved skewness, violation rate, bitrate proxies."""
-    collected = evaluate(jit_eval_step(make_final_eval_step(config), ctx.mesh), state, ctx, ctx.data.eval)
+    collected = evaluate(
+        jit_eval_step(make_final_eval_step(config), ctx.mesh), state, ctx, ctx.data.eval
+    )
     s = {key: np.asarray(v, np.float64) for key, v in collected.compute().items()}
     n = int(collected.accuracy.count)
     k = num_local_channels(config)

@@ -73,9 +73,7 @@ class _DropLibraryChatter(pylogging.Filter):
     def filter(self, record: pylogging.LogRecord) -> bool:
         if "/orbax/" not in record.pathname:
             return True
-        return record.levelno >= pylogging.WARNING and "_CHECKPOINT_METADATA" not in str(
-            record.msg
-        )
+        return record.levelno >= pylogging.WARNING and "_CHECKPOINT_METADATA" not in str(record.msg)
 
 
 def quiet_library_logs() -> None:
@@ -138,7 +136,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> d
         results["train_seconds"] = seconds
         writer.write_scalars(
             int(state.step),
-            {f"agilenn/{data.eval_name}/{k}": v for k, v in results.items() if isinstance(v, float)},
+            {
+                f"agilenn/{data.eval_name}/{k}": v
+                for k, v in results.items()
+                if isinstance(v, float)
+            },
         )
         layout.write_json(os.path.join(workdir, layout.RESULTS_FILE), results)
         print(evaluation.format_results(results), flush=True)

@@ -2,11 +2,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from agilenn_jax import export
+from agilenn_jax import inference, layout
+from agilenn_jax.deploy import cost, export, int8, tflite
+from agilenn_jax.deploy.tflm import TFLMRunner
 from tests.conftest import ROOT
 
 
@@ -28,7 +31,7 @@ def test_int8_model_runs_on_tflm_and_matches_jax(exported):
     ):
         assert os.path.exists(os.path.join(out, name)), name
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(report["ops"])
-    assert set(report["ops"]) <= export.TFLM_BUILTINS
+    assert set(report["ops"]) <= tflite.TFLM_BUILTINS
     scale = report["device"]["quant"]["remote_features"]["scale"]
     for runtime in ("tflm", "tflite"):
         v = report["verification"][runtime]
@@ -43,7 +46,7 @@ def test_int8_model_runs_on_tflm_and_matches_jax(exported):
         assert tflm[key] == lite[key], key
     assert abs(tflm["local_logits_mean_abs_err"] - lite["local_logits_mean_abs_err"]) < 0.01
     b = report["budget"]
-    assert 0 < b["flash_bytes"] < export.FLASH_BUDGET and 0 < b["arena_bytes"] < export.SRAM_BUDGET
+    assert 0 < b["flash_bytes"] < cost.FLASH_BUDGET and 0 < b["arena_bytes"] < cost.SRAM_BUDGET
     assert report["latency_estimate"]["ms_at_64mhz"] > report["latency_estimate"]["ms_at_216mhz"]
     with open(os.path.join(out, "export_report.json")) as f:
         assert json.load(f)["budget"] == b
@@ -53,7 +56,7 @@ def test_tflm_runner_matches_report_and_indices_are_exact(exported, trained_work
     report, out = exported
     with open(os.path.join(out, "device_int8.tflite"), "rb") as f:
         model = f.read()
-    runner = export.TFLMRunner(model)
+    runner = TFLMRunner(model)
     assert runner.arena_bytes() == report["budget"]["arena_bytes"]
     meta = report["device"]
     c = np.asarray(meta["centroids"])
@@ -61,12 +64,12 @@ def test_tflm_runner_matches_report_and_indices_are_exact(exported, trained_work
     img = rng.normal(size=(1, meta["image_size"], meta["image_size"], 3)).astype(np.float32)
     logits_q, feat_q = runner(img)
     assert logits_q.shape == (1, meta["num_classes"]) and feat_q.dtype == np.int8
-    idx = export.indices_from_int8(feat_q, np.asarray(meta["int8_thresholds"]))
+    idx = int8.indices_from_int8(feat_q, np.asarray(meta["int8_thresholds"]))
     # The threshold lookup is nearest-centroid on the dequantized value, for every int8 value.
     q = np.arange(-128, 128, dtype=np.int8)
-    deq = export.dequantize(q, meta["quant"]["remote_features"])
+    deq = int8.dequantize(q, meta["quant"]["remote_features"])
     np.testing.assert_array_equal(
-        export.indices_from_int8(q, np.asarray(meta["int8_thresholds"])),
+        int8.indices_from_int8(q, np.asarray(meta["int8_thresholds"])),
         np.argmin(np.abs(deq[:, None] - c[None]), axis=1),
     )
     assert idx.max() < len(c)
@@ -100,7 +103,7 @@ def test_export_errors(trained_workdir, tmp_path, monkeypatch):
     with pytest.raises(export.ExportError, match="no AgileNN checkpoint"):
         export.export(str(wd), str(tmp_path / "o"))
     # Over the flash budget: a clear error, unless explicitly allowed.
-    monkeypatch.setattr(export, "FLASH_BUDGET", 1024)
+    monkeypatch.setattr(cost, "FLASH_BUDGET", 1024)
     with pytest.raises(export.ExportError, match="allow_over_budget"):
         export.export(trained_workdir, str(tmp_path / "o"), 32, 16)
     assert not os.path.exists(tmp_path / "o" / "export_report.json")
@@ -111,7 +114,7 @@ def test_export_errors(trained_workdir, tmp_path, monkeypatch):
 def test_export_cli(trained_workdir, tmp_path):
     r = subprocess.run(
         [
-            "python",
+            sys.executable,
             "-m",
             "launch.export",
             f"--workdir={trained_workdir}",
@@ -127,7 +130,7 @@ def test_export_cli(trained_workdir, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "AgileNN device export" in r.stdout and "est. latency" in r.stdout
     r = subprocess.run(
-        ["python", "-m", "launch.export", f"--workdir={tmp_path}/missing"],
+        [sys.executable, "-m", "launch.export", f"--workdir={tmp_path}/missing"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -149,6 +152,36 @@ def test_config_mismatch_is_a_clear_error(trained_workdir, tmp_path):
 
 
 def test_non_tflm_ops_are_named():
-    export.check_tflm_ops(["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"])
-    with pytest.raises(export.ExportError, match="FlexErf.*TopKV2|TopKV2.*FlexErf"):
-        export.check_tflm_ops(["CONV_2D", "TopKV2", "FlexErf"])
+    tflite.check_tflm_ops(["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"])
+    with pytest.raises(tflite.UnsupportedOpsError, match="FlexErf.*TopKV2|TopKV2.*FlexErf"):
+        tflite.check_tflm_ops(["CONV_2D", "TopKV2", "FlexErf"])
+
+
+def test_inference_reads_variables_only_and_leaves_config_alone(trained_workdir):
+    run = inference.load_run(trained_workdir)
+    assert set(run.variables) == {"params", "batch_stats"}
+    assert run.step > 0 and run.meta["stage"] == "agilenn"
+    assert isinstance(run.config.model.remote_stages, tuple)  # JSON lists back to tuples
+    conv = inference.load_run(trained_workdir, depthwise_impl="conv")
+    assert conv.model.depthwise_impl == "conv" and run.model.depthwise_impl == "auto"
+    assert run.config.model.depthwise_impl == "auto"  # the override never edits the config
+    with pytest.raises(AttributeError):
+        run.config.model.not_a_field = 1  # locked, like a launched config
+    x = np.zeros((2, 12, 12, 3), np.float32)
+    np.testing.assert_allclose(
+        inference.forward(run.model, run.variables, x)["logits"],
+        inference.forward(conv.model, conv.variables, x)["logits"],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_read_config_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        layout.read_config(str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not readable JSON"):
+        layout.read_config(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"seed": 0}')
+    with pytest.raises(ValueError, match="not an AgileNN config"):
+        layout.read_config(str(tmp_path))

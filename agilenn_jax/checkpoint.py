@@ -10,6 +10,7 @@ the older checkpoints stay where they are. ``restore_subtree`` reads only part o
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -18,6 +19,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 STATE, META = "state", "meta"
+
+
+class _NoItemMetadataWarning(logging.Filter):
+    """Orbax warns that an item directory has no _CHECKPOINT_METADATA when ``restore_subtree``
+    reads one item of a manager's step (that file sits at the step level): expected, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_CHECKPOINT_METADATA" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoItemMetadataWarning())  # orbax logs through absl
 
 
 class CheckpointError(Exception):

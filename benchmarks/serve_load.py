@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from agilenn_jax import runtime  # noqa: E402
+from agilenn_jax.serving import protocol, server  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir (with an export).")
 _EXPORT = flags.DEFINE_string("export_dir", None, "Export dir (default WORKDIR/export).")
@@ -39,9 +39,9 @@ def _client(port, frames, stop_at, lat, errs):
             t = time.perf_counter()
             s.sendall(struct.pack("<I", len(body)) + body)
             n = struct.unpack("<I", s.recv(4, socket.MSG_WAITALL))[0]
-            status, _, _ = runtime.decode_reply(s.recv(n, socket.MSG_WAITALL))
+            status, _, _ = protocol.decode_reply(s.recv(n, socket.MSG_WAITALL))
             lat.append(time.perf_counter() - t)
-            errs.append(status != runtime.OK)
+            errs.append(status != protocol.OK)
             i += 1
 
 
@@ -49,8 +49,8 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     export_dir = _EXPORT.value or os.path.join(_WORKDIR.value, "export")
-    codec_, meta = runtime.load_codec(export_dir)
-    remote = runtime.RemoteModel(_WORKDIR.value, _MAX_BATCH.value)
+    codec_, meta = server.load_codec(export_dir)
+    remote = server.RemoteModel(_WORKDIR.value, _MAX_BATCH.value)
     shape = tuple(meta["remote_shape"])
     remote.warmup(shape)
     rng = np.random.default_rng(0)
@@ -61,16 +61,16 @@ def main(argv):
         frames.append(codec_.encode(idx.astype(np.uint8)))
 
     loop = asyncio.new_event_loop()
-    server = runtime.Server(remote, codec_, port=0, max_connections=256)
-    port = loop.run_until_complete(server.start())
+    srv = server.Server(remote, codec_, port=0, max_connections=256)
+    port = loop.run_until_complete(srv.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     rows = []
     try:
         for n in [int(c) for c in _CLIENTS.value]:
             lat, errs = [], []
-            b0 = server.stats["batches"]
-            r0 = server.stats["requests"]
+            b0 = srv.stats["batches"]
+            r0 = srv.stats["requests"]
             stop_at = time.perf_counter() + _SECONDS.value
             threads = [
                 threading.Thread(target=_client, args=(port, frames, stop_at, lat, errs))
@@ -82,7 +82,7 @@ def main(argv):
             for t in threads:
                 t.join()
             wall = time.perf_counter() - t0
-            batches = max(1, server.stats["batches"] - b0)
+            batches = max(1, srv.stats["batches"] - b0)
             ms = 1e3 * np.asarray(lat)
             rows.append(
                 (
@@ -91,11 +91,11 @@ def main(argv):
                     np.percentile(ms, 50),
                     np.percentile(ms, 99),
                     int(sum(errs)),
-                    (server.stats["requests"] - r0) / batches,
+                    (srv.stats["requests"] - r0) / batches,
                 )
             )
     finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
     print(
         f"\nremote NN server on loopback, frames {np.mean([len(f) for f in frames]):.0f} B, "

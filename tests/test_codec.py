@@ -1,10 +1,12 @@
+import zlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from agilenn_jax import codec
+from agilenn_jax.serving import codec
 
 L, C = 8, 3
 RNG = np.random.default_rng(0)
@@ -88,3 +90,56 @@ def test_probability_model_save_load(tmp_path):
     m = codec.ProbabilityModel.load(str(tmp_path / "m.json"))
     np.testing.assert_allclose(m.probs, MODEL.probs)
     assert m.model_id == MODEL.model_id
+
+
+SHAPE = (4, 4, C)
+
+
+def _lying_frame(h: int, w: int) -> bytes:
+    """A frame valid in every way (model id, k, centroids, channels, CRC) but of shape h x w:
+    a codec built without ``shape`` accepts any H, W."""
+    return codec.Codec(MODEL, k=2).encode(RNG.integers(0, L, (h, w, C)).astype(np.uint8))
+
+
+@pytest.mark.parametrize("h,w", [(5, 4), (4, 5), (1, 1), (40, 40), (7, 100)])
+def test_codec_with_shape_refuses_frames_of_another_shape(h, w):
+    strict = codec.Codec(MODEL, k=2, shape=SHAPE)
+    frame = _lying_frame(h, w)
+    np.testing.assert_array_equal(codec.Codec(MODEL, k=2).decode(frame).shape, (h, w, C))
+    with pytest.raises(codec.FrameError, match=f"{h}x{w}x{C}.*4x4x{C}"):
+        strict.decode(frame)
+    idx = RNG.integers(0, L, SHAPE).astype(np.uint8)  # its own shape still round-trips
+    np.testing.assert_array_equal(strict.decode(strict.encode(idx)), idx)
+
+
+def test_shape_is_checked_from_the_header_before_the_payload():
+    # Header declares 40x40 with a garbage payload and a correct CRC: the shape is what is
+    # refused, so the payload was never handed to the decoder.
+    head = codec.HEADER.pack(
+        codec.MAGIC,
+        codec.VERSION,
+        codec.CODERS["range"].ident,
+        2,
+        L,
+        40,
+        40,
+        C,
+        MODEL.model_id,
+        7,
+    )
+    body = head + bytes(range(7))  # not whole 32-bit words
+    frame = body + codec.CRC.pack(zlib.crc32(body))
+    with pytest.raises(codec.FrameError, match="payload"):
+        codec.Codec(MODEL, k=2).decode(frame)  # without a shape: the payload is decoded
+    with pytest.raises(codec.FrameError, match="feature map"):
+        codec.Codec(MODEL, k=2, shape=SHAPE).decode(frame)
+
+
+def test_codec_with_shape_refuses_to_encode_another_shape():
+    strict = codec.Codec(MODEL, k=2, shape=SHAPE)
+    with pytest.raises(ValueError, match="model's shape"):
+        strict.encode(np.zeros((5, 4, C), np.uint8))
+    with pytest.raises(ValueError, match="for this model"):
+        codec.Codec(MODEL, k=2, shape=(4, 4, C + 1))
+    with pytest.raises(ValueError, match="for this model"):
+        codec.Codec(MODEL, k=2, shape=(4, 4))

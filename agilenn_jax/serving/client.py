@@ -64,6 +64,11 @@ class Credentials:
         return cls(device_id, keys[device_id])
 
 
+# Replies the server sends before, or instead of, reading and authenticating a request: never
+# tagged, and followed by the server closing the connection.
+_REFUSALS = frozenset({protocol.UNAUTHORIZED, protocol.TOO_LARGE, protocol.BUSY})
+
+
 class RemoteClient:
     """Blocking client with one persistent connection, reconnecting after errors."""
 
@@ -109,7 +114,10 @@ class RemoteClient:
         except (OSError, ConnectionError):
             self.close()
             raise
-        if counter is not None and reply[4:5] != bytes([protocol.UNAUTHORIZED]):
+        status = reply[4] if len(reply) > 4 else None
+        if status in _REFUSALS:
+            self.close()  # the server closed the connection after it; the next request reconnects
+        elif counter is not None:
             reply = protocol.open_reply(self.credentials.key, counter, reply)
         return decode_reply(reply)
 

@@ -326,7 +326,9 @@ class Codec:
                 f"indices must be [H, W, {self.model.probs.shape[0]}], got {indices.shape}"
             )
         if self.shape is not None and indices.shape != self.shape:
-            raise ValueError(f"indices must have the model's shape {self.shape}, got {indices.shape}")
+            raise ValueError(
+                f"indices must have the model's shape {self.shape}, got {indices.shape}"
+            )
         if indices.size and int(indices.max()) >= self.model.num_centroids:
             raise ValueError("index out of range of the centroid table")
         ident = CODERS[self.coder_name].ident

@@ -13,10 +13,15 @@ status is OK, else an n-byte UTF-8 message. Replies to authenticated requests en
 ``HMAC-SHA256(key, "AGNR" | counter | reply)``, so the device also knows who answered.
 
 What this protects: only holders of a device key can make the server work, forged or altered
-requests and replies are detected, and recorded requests cannot be replayed. What it does not:
-the features are not encrypted (anyone on the path can read them), and a key taken from a
-device's flash lets its holder act as that device until the key is removed from the server's
-key file.
+requests and replies are detected, and a recorded request cannot be replayed to a running
+server. What it does not: the features are not encrypted (anyone on the path can read them);
+the last accepted counter lives in the server's memory, so after a server restart a recorded
+request can be replayed once per device; refusals (busy, too large, unauthorized) are untagged,
+so an attacker on the path can forge one, which only forces the device's local fallback; a
+device whose clock restarts lower than before (an MCU without a real-time clock) is refused as
+stale until it passes its last counter, so such a device should persist its counter instead;
+and a key taken from a device's flash lets its holder act as that device until the key is
+removed from the server's key file.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ def generate_keys(device_ids: list[int]) -> dict[int, bytes]:
 def save_keys(path: str, keys: dict[int, bytes]) -> None:
     """Write a key file readable only by its owner (it holds secrets)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # os.open's mode applies only to a new file, not to one it truncates
     with os.fdopen(fd, "w") as f:
         json.dump({"devices": {str(d): k.hex() for d, k in sorted(keys.items())}}, f, indent=2)
 

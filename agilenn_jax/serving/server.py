@@ -55,7 +55,7 @@ class RemoteModel:
         return min(self.max_batch, 1 << max(0, (n - 1).bit_length()))
 
     def compiled_programs(self) -> int:
-        """How many programs the jitted remote NN holds (all jitted halves share one cache)."""
+        """How many programs ``inference.remote_logits`` holds, for every model in the process."""
         return inference.remote_logits._cache_size()
 
     def __call__(self, indices: np.ndarray) -> np.ndarray:
@@ -69,10 +69,9 @@ class RemoteModel:
         ]
 
     def warmup(self, shape: tuple[int, int, int]) -> None:
-        b = 1
-        while b <= self.max_batch:
+        """Compile every batch bucket, max_batch included when it is not a power of two."""
+        for b in sorted({self.bucket(n) for n in range(1, self.max_batch + 1)}):
             self(np.zeros((b, *shape), np.uint8))
-            b *= 2
 
 
 def is_loopback(host: str) -> bool:
@@ -154,8 +153,9 @@ class Server:
     async def _read(self, reader: asyncio.StreamReader, n: int) -> bytes | None:
         try:
             return await asyncio.wait_for(reader.readexactly(n), self.read_timeout_s)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            return None  # asyncio.TimeoutError: the builtin's alias on 3.11, its own on 3.10
+        # asyncio.TimeoutError: the builtin's alias on 3.11, its own class on 3.10 (supported)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):  # noqa: UP041
+            return None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._conns) >= self.max_connections:
@@ -231,7 +231,7 @@ class Server:
                     break
                 try:
                     items.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except asyncio.TimeoutError:
+                except asyncio.TimeoutError:  # noqa: UP041 (not the builtin on 3.10)
                     break
             try:  # every frame has the model's shape: the codec refused the others
                 batch = np.stack([indices for indices, _ in items])

@@ -294,16 +294,28 @@ class Pipeline:
         return (img - self.mean) / self.std
 
     def train_batches(
-        self, split: Split, batch_size: int, epoch: int, start_batch: int = 0
+        self,
+        split: Split,
+        batch_size: int,
+        epoch: int,
+        start_batch: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Epoch ``epoch`` of shuffled, augmented, full batches, starting at ``start_batch``."""
+        """Epoch ``epoch`` of shuffled, augmented, full batches, starting at ``start_batch``.
+
+        ``shard=(i, n)``: this process's rows i*B/n:(i+1)*B/n of every global batch of
+        ``batch_size`` B, and nothing else is read or augmented. The n shards of a batch are
+        exactly the rows of the unsharded batch (augmentation is keyed by the global position).
+        """
         tf = self.tf
         n_batches = len(split) // batch_size
         if n_batches == 0:
             raise DatasetError(f"batch size {batch_size} exceeds the {len(split)} training samples")
+        local = _local_rows(batch_size, shard)
         perm = np.random.default_rng([self.seed, epoch]).permutation(len(split))
-        idx = perm[start_batch * batch_size : n_batches * batch_size]
         pos = np.arange(start_batch * batch_size, n_batches * batch_size, dtype=np.int64)
+        pos = pos.reshape(-1, batch_size)[:, local].reshape(-1)
+        idx = perm[pos]
         seeds = np.stack([np.full_like(pos, self.seed * 100_003 + epoch), pos], axis=-1)
         images, labels = self._tensors(split)
 
@@ -315,17 +327,23 @@ class Pipeline:
 
         ds = tf.data.Dataset.from_tensor_slices((idx, seeds))
         ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
+        ds = ds.batch(local.stop - local.start, drop_remainder=True).prefetch(2)
         yield from ds.as_numpy_iterator()
 
-    def eval_batches(self, split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """All samples in order, the last batch zero-padded; ``mask`` marks the real ones."""
+    def eval_batches(
+        self, split: Split, batch_size: int, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """All samples in order, the last batch zero-padded; ``mask`` marks the real ones.
+
+        ``shard=(i, n)``: this process's rows of every global batch, as in ``train_batches``.
+        """
         tf = self.tf
         n = len(split)
         padded = -(-n // batch_size) * batch_size
-        mask = np.zeros(padded, np.float32)
-        mask[:n] = 1.0
-        idx = np.minimum(np.arange(padded), n - 1)
+        local = _local_rows(batch_size, shard)
+        rows = np.arange(padded).reshape(-1, batch_size)[:, local].reshape(-1)
+        mask = (rows < n).astype(np.float32)
+        idx = np.minimum(rows, n - 1)
         images, labels = self._tensors(split)
 
         def fn(i, m):
@@ -334,4 +352,14 @@ class Pipeline:
 
         ds = tf.data.Dataset.from_tensor_slices((idx, mask))
         ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        yield from ds.batch(batch_size).prefetch(2).as_numpy_iterator()
+        yield from ds.batch(local.stop - local.start).prefetch(2).as_numpy_iterator()
+
+
+def _local_rows(batch_size: int, shard: tuple[int, int]) -> slice:
+    index, count = int(shard[0]), int(shard[1])
+    if count < 1 or not 0 <= index < count or batch_size % count:
+        raise ValueError(
+            f"cannot split a batch of {batch_size} into shard {index} of {count} equal parts"
+        )
+    per = batch_size // count
+    return slice(index * per, (index + 1) * per)

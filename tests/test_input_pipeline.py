@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from agilenn_jax import input_pipeline
-from experiments.configs import cifar10
+from experiments.configs import paper
 
 SHARED_CIFAR = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "datasets", "cifar10_train_jpeg.tar.gz"
@@ -16,7 +16,7 @@ SHARED_CIFAR = os.path.join(
 
 
 def _cfg(**kw) -> ml_collections.ConfigDict:
-    c = cifar10.get_config().data
+    c = paper.get_config().data
     with c.unlocked():
         for k, v in kw.items():
             c[k] = v
@@ -208,3 +208,22 @@ def test_shared_cifar10_tarball(tmp_path):
     assert (len(data.train), len(data.eval)) == (45000, 5000)
     assert data.train.images.shape[1:] == (32, 32, 3)
     assert np.bincount(data.train.labels, minlength=10).min() > 4000
+
+
+def test_process_shards_are_the_rows_of_the_global_batch():
+    cfg = _cfg(source="digits", num_classes=10, eval_split="val", val_fraction=0.2, image_size=8)
+    data = input_pipeline.load(cfg, 0)
+    pipe = input_pipeline.Pipeline(cfg, 3)
+    full = list(pipe.train_batches(data.train, 64, epoch=1, start_batch=2))
+    parts = [list(pipe.train_batches(data.train, 64, 1, 2, shard=(i, 4))) for i in range(4)]
+    assert len(full) == len(parts[0]) and parts[0][0]["image"].shape[0] == 16
+    for whole, *pieces in zip(full, *parts, strict=True):
+        for key in whole:
+            np.testing.assert_array_equal(whole[key], np.concatenate([p[key] for p in pieces]))
+    full_eval = list(pipe.eval_batches(data.eval, 100))
+    halves = [list(pipe.eval_batches(data.eval, 100, shard=(i, 2))) for i in range(2)]
+    for whole, a, b in zip(full_eval, *halves, strict=True):
+        for key in whole:
+            np.testing.assert_array_equal(whole[key], np.concatenate([a[key], b[key]]))
+    with pytest.raises(ValueError, match="equal parts"):
+        next(pipe.train_batches(data.train, 64, 0, shard=(0, 3)))

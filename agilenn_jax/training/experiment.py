@@ -82,14 +82,14 @@ def quiet_library_logs() -> None:
         handler.addFilter(_DropLibraryChatter())
 
 
-def _accumulate_seconds(workdir: str, seconds: float) -> float:
+def _accumulate_seconds(workdir: str, seconds: float, write: bool = True) -> float:
     """Wall-clock training seconds summed over (resumed) invocations of this workdir."""
     path = os.path.join(workdir, SECONDS_FILE)
     prev = 0.0
     if os.path.exists(path):
         with open(path) as f:
             prev = float(json.load(f).get("seconds", 0.0))
-    if seconds:
+    if seconds and write:
         layout.write_json(path, {"seconds": prev + seconds})
     return prev + seconds
 
@@ -100,10 +100,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> d
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     validate_config(config)
+    lead = jax.process_index() == 0  # only process 0 writes files, logs metrics and prints
     os.makedirs(workdir, exist_ok=True)
-    layout.write_json(os.path.join(workdir, layout.CONFIG_FILE), layout.config_to_dict(config))
+    if lead:
+        layout.write_json(os.path.join(workdir, layout.CONFIG_FILE), layout.config_to_dict(config))
     mesh = make_mesh()
-    logging.info("mesh: %d %s device(s)", mesh.size, jax.devices()[0].platform)
+    logging.info(
+        "mesh: %d %s device(s) over %d process(es)",
+        mesh.size,
+        jax.devices()[0].platform,
+        jax.process_count(),
+    )
     data = input_pipeline.load(config.data, config.seed)
     logging.info("data: %d train / %d %s samples", len(data.train), len(data.eval), data.eval_name)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -120,16 +127,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> d
         if mode in ("all", "pretrain_reference"):
             _, done = stages.pretrain_reference(config, ctx, workdir)
             if not done or mode == "pretrain_reference":
-                _accumulate_seconds(workdir, time.time() - t0)
+                _accumulate_seconds(workdir, time.time() - t0, lead)
                 return {"stage": "reference", "complete": done}
         if mode in ("all", "train"):
             state, done, meta = stages.train_agilenn(config, ctx, workdir)
-            seconds = _accumulate_seconds(workdir, time.time() - t0)
+            seconds = _accumulate_seconds(workdir, time.time() - t0, lead)
             if not done:
                 return {"stage": "agilenn", "complete": False}
         else:
             state, meta = stages.load_agilenn(config, data, workdir, mesh)
-            seconds = _accumulate_seconds(workdir, 0.0)
+            seconds = _accumulate_seconds(workdir, 0.0, lead)
         results = evaluation.evaluate_agilenn(config, state, ctx)
         results["channel_perm"] = meta.get("channel_perm")
         results["config"] = layout.config_to_dict(config)
@@ -142,8 +149,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> d
                 if isinstance(v, float)
             },
         )
-        layout.write_json(os.path.join(workdir, layout.RESULTS_FILE), results)
-        print(evaluation.format_results(results), flush=True)
+        if lead:
+            layout.write_json(os.path.join(workdir, layout.RESULTS_FILE), results)
+            print(evaluation.format_results(results), flush=True)
         return results
     finally:
         writer.flush()

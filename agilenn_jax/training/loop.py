@@ -22,7 +22,12 @@ from jax.sharding import Mesh
 
 from agilenn_jax import input_pipeline
 from agilenn_jax.checkpoint import Checkpointer
-from agilenn_jax.training.sharding import jit_eval_step, jit_train_step, shard_batch
+from agilenn_jax.training.sharding import (
+    jit_eval_step,
+    jit_train_step,
+    process_shard,
+    shard_batch,
+)
 from agilenn_jax.training.state import TrainState
 
 
@@ -62,7 +67,7 @@ def steps_per_epoch(batch_size: int, data: input_pipeline.Data) -> int:
 def evaluate(eval_fn: Callable, state: TrainState, ctx: Context, split) -> Any:
     """Merge a jitted ``eval_fn``'s metric collections over every sample of ``split``."""
     total = None
-    for batch in ctx.pipeline.eval_batches(split, ctx.eval_batch_size):
+    for batch in ctx.pipeline.eval_batches(split, ctx.eval_batch_size, process_shard()):
         m = eval_fn(state, shard_batch(batch, ctx.mesh))
         total = m if total is None else total.merge(m)
     return total
@@ -117,7 +122,10 @@ def fit(state: TrainState, stage: Stage, ctx: Context) -> tuple[TrainState, bool
 
     while step < total:
         epoch, start = divmod(step, per_epoch)
-        for batch in ctx.pipeline.train_batches(ctx.data.train, tc.batch_size, epoch, start):
+        batches = ctx.pipeline.train_batches(
+            ctx.data.train, tc.batch_size, epoch, start, process_shard()
+        )
+        for batch in batches:
             rng = jax.random.fold_in(base_rng, step)
             state, m = jstep(state, shard_batch(batch, ctx.mesh), rng)
             window = m if window is None else merge(window, m)

@@ -1,4 +1,9 @@
-"""Data parallelism: a 1-D ``Mesh`` over all devices, state replicated, batches sharded."""
+"""Data parallelism: a 1-D ``Mesh`` over all devices, state replicated, batches sharded.
+
+Multi-host (JAX's multi-controller runtime): every process runs the same program over the
+global mesh; each reads only its own rows of every global batch (``process_shard``) and
+``shard_batch`` assembles the global array from the processes' local rows.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +36,15 @@ def jit_eval_step(step_fn: Callable, mesh: Mesh) -> Callable:
     return jax.jit(step_fn, in_shardings=(rep, data), out_shardings=rep)
 
 
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    return jax.device_put(batch, NamedSharding(mesh, P(DATA_AXIS)))
+def process_shard() -> tuple[int, int]:
+    """(this process, number of processes): which rows of a global batch this process reads."""
+    return jax.process_index(), jax.process_count()
+
+
+def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
+    """This process's rows of a global batch -> the global batch, sharded over ``mesh``."""
+    sharding = NamedSharding(mesh, P(DATA_AXIS))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -109,15 +109,17 @@ def preselect_channels(
     module = build_reference(config)
     reference = build_reference_nn(config)
     c = int(config.model.extractor_channels[-1])
+    # The frozen reference in identity channel order rides in the state (an argument, not a
+    # closed-over constant: multi-host jit cannot close over arrays that span processes).
     ident = {
         "params": ref_state.params["reference"],
         "batch_stats": ref_state.batch_stats["reference"],
-        "inv_perm": jnp.arange(c),
+        "inv_perm": replicate(jnp.arange(c), ctx.mesh),
     }
 
     def fn(state, batch):
         f = module.apply(state.variables(), batch["image"], method="features")
-        imp, _ = steps.channel_attribution(reference, ident, f, batch["label"], config.xai)
+        imp, _ = steps.channel_attribution(reference, state.frozen, f, batch["label"], config.xai)
         top = jax.lax.top_k(imp, k)[1]
         return PreselectMetrics.single_from_model_output(
             hits=jnp.sum(jax.nn.one_hot(top, c), axis=1), importance=imp, mask=batch["mask"]
@@ -125,7 +127,8 @@ def preselect_channels(
 
     n = min(len(ctx.data.train), int(config.preselect.num_samples))
     subset = input_pipeline.Split(ctx.data.train.images[:n], ctx.data.train.labels[:n])
-    sums = evaluate(jit_eval_step(fn, ctx.mesh), ref_state, ctx, subset).compute()
+    sums = evaluate(jit_eval_step(fn, ctx.mesh), ref_state.replace(frozen=ident), ctx, subset)
+    sums = sums.compute()
     freq = np.asarray(sums["hits"], np.float64) / n
     # Most frequent first; ties broken by mean importance.
     perm = np.lexsort((-np.asarray(sums["importance"]), -freq))

@@ -20,7 +20,7 @@ import statistics
 from typing import Any
 
 from agilenn_jax import layout
-from agilenn_jax.sweep import SWEEP_FILE
+from agilenn_jax.sweep import STATUS_FILE, SWEEP_FILE
 
 METRICS = (
     "test_accuracy",
@@ -108,6 +108,21 @@ def _recover(root: str, notes: list[str]) -> dict[str, dict[str, Any]]:
     return {n: {k: c.get(k) for k in varying} for n, c in configs.items()}
 
 
+def _failures(root: str) -> dict[str, str]:
+    """{point: "failed (exit code N): last log line"} from the sweep's status file, if any."""
+    try:
+        with open(os.path.join(root, STATUS_FILE)) as f:
+            points = json.load(f)["points"]
+        return {
+            name: f"failed (exit code {s.get('returncode')}): "
+            + (s.get("stderr_tail") or ["(no output)"])[-1]
+            for name, s in points.items()
+            if s.get("state") == "failed"
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def collect(root: str) -> tuple[str, list[Point], list[str]]:
     """(config, points, notes) of the sweep in ``root``; notes are problems worth a line."""
     if not os.path.isdir(root):
@@ -119,16 +134,20 @@ def collect(root: str) -> tuple[str, list[Point], list[str]]:
         try:
             with open(path) as f:
                 data = json.load(f)
-            config, listed = str(data.get("config", "")), dict(data["points"])
+            config = str(data.get("config", ""))
+            listed = {str(name): dict(o) for name, o in data["points"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             notes.append(f"{SWEEP_FILE} unreadable ({e}); overrides recovered from config.json")
     if listed is None:
         listed = _recover(root, notes)
     if not listed:
         raise ValueError(f"{root} has no {SWEEP_FILE} and no run workdirs: nothing to report")
+    status = _failures(root)
     points = []
     for name, overrides in listed.items():
         results, problem = _read_results(os.path.join(root, name))
+        if results is None and problem.startswith("unfinished") and name in status:
+            problem = f"unfinished, {status[name]}"
         overrides = {k: _hashable(v) for k, v in overrides.items()}
         points.append(Point(name, overrides, results, problem))
     return config, points, notes
@@ -241,6 +260,7 @@ def plot(root: str, keys: list[str], groups: dict[tuple, list[Point]]) -> list[s
                     yerr=[s[1] for _, s in series],
                     marker="o",
                     capsize=3,
+                    linestyle="-" if numeric else "none",  # categories have no order to join
                     label=label,
                 )
             if not numeric:
@@ -248,7 +268,7 @@ def plot(root: str, keys: list[str], groups: dict[tuple, list[Point]]) -> list[s
             ax.set_xlabel(x_key)
             ax.set_ylabel(f"{metric} (mean ± std over seeds)")
             ax.grid(alpha=0.3)
-            if line_keys:
+            if line_keys and ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
             name = f"{stem}_vs_{_UNSAFE.sub('_', x_key)}.png"
             fig.tight_layout()
@@ -270,7 +290,7 @@ def plot(root: str, keys: list[str], groups: dict[tuple, list[Point]]) -> list[s
     ax.set_xlabel("remote entropy (bits per sample)")
     ax.set_ylabel("test_accuracy")
     ax.grid(alpha=0.3)
-    if varying and len(rows) <= 12:
+    if varying and len(rows) <= 12 and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(root, "accuracy_vs_entropy.png"), dpi=120)

@@ -302,8 +302,10 @@ class _Runner:
             f.write(f"=== {stamp} {shlex.join(argv)}\n".encode())
             f.flush()
             start = f.tell()
-            proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=self.env)
-            with self.lock:
+            with self.lock:  # stop() sees every process started, or none starts after it
+                if self.stopping:
+                    return "cancelled"
+                proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=self.env)
                 self.procs.add(proc)
             rc = proc.wait()
             with self.lock:
@@ -316,6 +318,7 @@ class _Runner:
         results = read_results(workdir)
         if rc == 0 and results is not None:
             acc = results.get("test_accuracy")
+            acc = f"{acc:.4f}" if isinstance(acc, float) else acc
             self.out(f"{tag}: finished in {seconds:.0f} s (test_accuracy {acc})")
             self.update(name, state="finished", seconds=seconds, log=os.path.basename(log))
             return "finished"

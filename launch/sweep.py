@@ -62,6 +62,8 @@ def main(argv):
             print(f"report: {built['report']} ({len(built['plots'])} plot(s), {built['csv']})")
     except ValueError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the running points were stopped; rerun the command to resume")
     if outcome["failed"]:
         sys.exit(f"{len(outcome['failed'])} point(s) failed; see {root}/sweep_status.json")
 

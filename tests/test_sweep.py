@@ -319,6 +319,7 @@ def test_emit_and_dry_run_write_the_commands(tmp_path):
     assert r.returncode == 1 and "sweep='nope': allowed values are ['', 'test']" in r.stderr
 
 
+@pytest.mark.slow  # ~75-90 s: keeps the default suite under 6 min on 2 cores
 def test_sweep_end_to_end_resumes_and_never_reruns(tmp_path):
     """4 smoke points: one finished and one half-finished before the sweep starts."""
     t0 = time.time()

@@ -279,12 +279,13 @@ def test_variant_reproduces_the_old_file(name, arg):
     assert _typed(_flat(_load(name, arg).to_dict())) == _typed(REPRODUCED[(name, arg)])
 
 
-def test_fast_quickstart_only_cuts_epochs():
+def test_fast_quickstart_only_cuts_epochs_and_sets_lr():
     fast = _flat(_load("quickstart", "fast").to_dict())
     expected = {
         **QUICKSTART,
         "reference_train.epochs": quickstart.FAST_EPOCHS[0],
         "train.epochs": quickstart.FAST_EPOCHS[1],
+        "train.lr": quickstart.FAST_LR,
     }
     assert _typed(fast) == _typed(expected)
     assert fast["train.epochs"] < QUICKSTART["train.epochs"]

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from agilenn_jax.checkpoint import Checkpointer, CheckpointError
 from agilenn_jax.models import build_agilenn, build_reference, build_reference_nn
 from agilenn_jax.training import experiment, stages, steps
 from agilenn_jax.training.loop import Context
-from agilenn_jax.training.sharding import make_mesh
+from agilenn_jax.training.sharding import jit_train_step, make_mesh, shard_batch
 from tests.conftest import ROOT
 from tests.helpers import smoke_config
 
@@ -273,3 +274,30 @@ def test_nan_fails_loudly(tmp_path):
     c.reference_train.lr = 1e30  # diverges within a few steps
     with pytest.raises(FloatingPointError, match="non-finite"):
         experiment.run(c, str(tmp_path), "pretrain_reference")
+
+
+def test_each_jitted_step_compiles_once():
+    """A weak-typed parameter (once: the quantizer's centroid init) turns strong after the first
+    update and silently recompiles the step; every stage paid ~17 s per extra compile."""
+    c = smoke_config()
+    split = input_pipeline.Split(np.zeros((128, 8, 8, 3), np.uint8), np.zeros(128, np.int32))
+    data = input_pipeline.Data(split, split, "val", 10)
+    mesh = make_mesh()
+    rng = np.random.default_rng(0)
+    batch = shard_batch(
+        {
+            "image": rng.normal(size=(64, 12, 12, 3)).astype(np.float32),
+            "label": rng.integers(0, 10, 64).astype(np.int32),
+        },
+        mesh,
+    )
+    for template, step_fn in (
+        (stages.agilenn_state_template(c, data, mesh), steps.make_agilenn_train_step(c)),
+        (stages.reference_state_template(c, data, mesh), steps.reference_train_step),
+    ):
+        state, step = template, jit_train_step(step_fn, mesh)
+        state, _ = step(state, batch, jax.random.key(0))
+        compiled = step._cache_size()  # the cache is per function: other tests' shapes count too
+        for i in range(1, 4):
+            state, _ = step(state, batch, jax.random.key(i))
+        assert step._cache_size() == compiled

@@ -8,8 +8,12 @@ FEATURE_MAX = 6.0  # ReLU6 upper bound: centroids live in (0, 6) like the featur
 
 
 def centroid_init(num_centroids: int) -> jax.Array:
-    """Evenly spaced centroids in (0, 6), stored as logits so they stay inside the range."""
-    c = (jnp.arange(num_centroids) + 0.5) * FEATURE_MAX / num_centroids
+    """Evenly spaced centroids in (0, 6), stored as logits so they stay inside the range.
+
+    Strongly typed float32: a weak-typed initial value becomes strong after the first optimiser
+    update, which changes the jitted train step's signature and recompiles it (twice).
+    """
+    c = (jnp.arange(num_centroids, dtype=jnp.float32) + 0.5) * FEATURE_MAX / num_centroids
     return jnp.log(c / (FEATURE_MAX - c))
 
 

@@ -71,6 +71,13 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._mgr.latest_step()
 
+    def require_latest(self, what: str, hint: str) -> int:
+        """The latest step; ``CheckpointError`` saying how to make one when there is none."""
+        step = self.latest_step()
+        if step is None:
+            raise CheckpointError(f"no {what} checkpoint in {self.directory}: {hint}")
+        return step
+
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Start saving ``state`` at ``step`` (asynchronously); a saved step is left as it is.
 

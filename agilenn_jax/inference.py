@@ -65,12 +65,8 @@ def load_run(workdir: str, depthwise_impl: str | None = None) -> TrainedRun:
     ckpt_dir = os.path.join(workdir, layout.AGILENN_DIR)
     ckpt = Checkpointer(ckpt_dir)
     try:
-        if ckpt.latest_step() is None:
-            raise CheckpointError(
-                f"no AgileNN checkpoint in {ckpt.directory}: train first (--mode=all or "
-                "--mode=train)"
-            )
-        saved, meta = ckpt.restore_subtree(("step", "params", "batch_stats"))
+        step = ckpt.require_latest("AgileNN", layout.TRAIN_FIRST)
+        saved, meta = ckpt.restore_subtree(("step", "params", "batch_stats"), step)
     finally:
         ckpt.close()
     model = build_agilenn(config, depthwise_impl)
@@ -96,10 +92,10 @@ def first_images(
     return np.concatenate(images)[:n], sub.labels
 
 
-def held_out_images(run: TrainedRun, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` samples of the run's eval split, preprocessed exactly as in training."""
-    data = input_pipeline.load(run.config.data, run.config.seed)
-    return first_images(input_pipeline.Pipeline(run.config.data, run.config.seed), data.eval, n)
+def held_out_images(config: ml_collections.ConfigDict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` samples of a run's eval split, preprocessed exactly as in training."""
+    data = input_pipeline.load(config.data, config.seed)
+    return first_images(input_pipeline.Pipeline(config.data, config.seed), data.eval, n)
 
 
 # ----------------------------------------------------------------- jitted halves of the model

@@ -18,6 +18,7 @@ CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 REFERENCE_DIR = "reference"
 AGILENN_DIR = "agilenn"
+TRAIN_FIRST = "train first (--mode=all or --mode=train)"  # when a workdir has no AgileNN stage
 
 
 def write_json(path: str, obj: dict[str, Any]) -> None:
@@ -26,6 +27,22 @@ def write_json(path: str, obj: dict[str, Any]) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
     os.replace(tmp, path)
+
+
+def read_results(workdir: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``(results, None)`` for a finished run, else ``(None, why not)``: unfinished, or
+    results.json unreadable / not a JSON object."""
+    path = os.path.join(workdir, RESULTS_FILE)
+    if not os.path.exists(path):
+        return None, "unfinished" if os.path.isdir(workdir) else "unfinished (not started)"
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, ValueError) as e:
+        return None, f"results.json unreadable: {e}"
+    if not isinstance(results, dict):
+        return None, f"results.json unreadable: a JSON {type(results).__name__}, not an object"
+    return results, None
 
 
 def _tuples(value: Any) -> Any:

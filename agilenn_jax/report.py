@@ -69,21 +69,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _read_results(workdir: str) -> tuple[dict[str, Any] | None, str | None]:
-    path = os.path.join(workdir, layout.RESULTS_FILE)
-    if not os.path.exists(path):
-        started = os.path.isdir(workdir)
-        return None, "unfinished" if started else "unfinished (not started)"
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except (OSError, ValueError) as e:
-        return None, f"results.json unreadable: {e}"
-    if not isinstance(results, dict):
-        return None, f"results.json unreadable: a JSON {type(results).__name__}, not an object"
-    return results, None
-
-
 def _recover(root: str, notes: list[str]) -> dict[str, dict[str, Any]]:
     """Overrides from each workdir's config.json: the keys whose values differ between them."""
     configs: dict[str, dict[str, Any]] = {}
@@ -145,7 +130,7 @@ def collect(root: str) -> tuple[str, list[Point], list[str]]:
     status = _failures(root)
     points = []
     for name, overrides in listed.items():
-        results, problem = _read_results(os.path.join(root, name))
+        results, problem = layout.read_results(os.path.join(root, name))
         if results is None and problem.startswith("unfinished") and name in status:
             problem = f"unfinished, {status[name]}"
         overrides = {k: _hashable(v) for k, v in overrides.items()}

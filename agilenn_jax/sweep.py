@@ -205,12 +205,7 @@ def select(points: list[tuple[str, Point]], only: Sequence[str]) -> list[tuple[s
 
 def read_results(workdir: str) -> dict[str, Any] | None:
     """A finished point's results, or None (missing, unreadable or not a JSON object)."""
-    try:
-        with open(os.path.join(workdir, layout.RESULTS_FILE)) as f:
-            results = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return results if isinstance(results, dict) else None
+    return layout.read_results(workdir)[0]
 
 
 def shell_lines(config: str, root: str, points: list[tuple[str, Point]]) -> list[str]:

@@ -60,7 +60,7 @@ def main(argv):
             _TIMEOUT.value,
             credentials=creds,
         )
-        images, labels = inference.held_out_images(inference.load_run(workdir), _N.value)
+        images, labels = inference.held_out_images(layout.read_config(workdir), _N.value)
         report = evaluation.run_device(device, workdir, images, labels)
     except (OSError, ValueError, CheckpointError, DatasetError) as e:
         sys.exit(f"error: {e}")

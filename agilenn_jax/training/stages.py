@@ -18,7 +18,7 @@ from absl import logging
 from clu import metrics
 
 from agilenn_jax import input_pipeline, layout
-from agilenn_jax.checkpoint import Checkpointer, CheckpointError
+from agilenn_jax.checkpoint import Checkpointer
 from agilenn_jax.models import (
     FeatureExtractor,
     build_agilenn,
@@ -79,12 +79,10 @@ def load_reference(
     config: ml_collections.ConfigDict, data: input_pipeline.Data | None, workdir: str, mesh
 ) -> TrainState:
     ckpt = Checkpointer(os.path.join(workdir, layout.REFERENCE_DIR))
-    if ckpt.latest_step() is None:
-        raise CheckpointError(
-            f"no reference checkpoint in {ckpt.directory}: run --mode=pretrain_reference (or "
-            "--mode=all) with this workdir first"
-        )
-    state, _ = ckpt.restore(reference_state_template(config, data, mesh))
+    step = ckpt.require_latest(
+        "reference", "run --mode=pretrain_reference (or --mode=all) with this workdir first"
+    )
+    state, _ = ckpt.restore(reference_state_template(config, data, mesh), step)
     return state
 
 
@@ -227,8 +225,5 @@ def load_agilenn(
 ) -> tuple[TrainState, dict[str, Any]]:
     """The whole AgileNN train state (optimiser included), e.g. to evaluate or resume."""
     ckpt = Checkpointer(os.path.join(workdir, layout.AGILENN_DIR))
-    if ckpt.latest_step() is None:
-        raise CheckpointError(
-            f"no AgileNN checkpoint in {ckpt.directory}: train first (--mode=all or --mode=train)"
-        )
-    return ckpt.restore(agilenn_state_template(config, data, mesh))
+    step = ckpt.require_latest("AgileNN", layout.TRAIN_FIRST)
+    return ckpt.restore(agilenn_state_template(config, data, mesh), step)

@@ -185,3 +185,66 @@ def test_read_config_errors(tmp_path):
     (tmp_path / "config.json").write_text('{"seed": 0}')
     with pytest.raises(ValueError, match="not an AgileNN config"):
         layout.read_config(str(tmp_path))
+
+
+def _argmin_lowest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The model's rule: nearest centroid, lowest index among equals (np.argmin's tie rule)."""
+    return np.argmin(np.abs(x[..., None] - centroids.astype(np.float64)), axis=-1)
+
+
+@pytest.mark.parametrize(
+    "centroids",
+    [
+        [0.0548, 2.032105, 2.032105, 2.0321093, 2.0934, 3.7561, 4.8289, 5.6336],  # the CIFAR run
+        [1.0, 1.0, 1.0, 3.0],
+        [0.5, 2.0, 5.5, 5.5],  # a tie at the top
+        [0.0, 0.0, 6.0],  # a tie at the bottom
+    ],
+)
+def test_int8_index_rule_with_tied_centroids_is_the_models_argmin(centroids):
+    c = np.asarray(centroids, np.float32)
+    p = {"scale": 6.0 / 255.0, "zero_point": -128}
+    t = int8.int8_thresholds(c, p)
+    assert np.all(np.diff(t) >= 0)
+    q = np.arange(-128, 128)
+    np.testing.assert_array_equal(
+        int8.indices_from_int8(q, t), _argmin_lowest(int8.dequantize(q, p), c)
+    )
+
+
+def test_int8_index_rule_rejects_centroids_out_of_order():
+    with pytest.raises(ValueError, match="out of order"):
+        int8.int8_thresholds(np.array([0.5, 2.0, 1.0]), {"scale": 0.1, "zero_point": 0})
+
+
+def test_export_of_a_checkpoint_with_collapsed_centroids(trained_workdir, tmp_path):
+    """Training can pull centroids onto one value (seen on CIFAR-10): such a run exports, its
+    ties and near-ties are reported, and the device never sends the unused tied index."""
+    from agilenn_jax.checkpoint import Checkpointer
+
+    wd = str(tmp_path / "wd")
+    shutil.copytree(trained_workdir, wd)
+    ckpt = Checkpointer(os.path.join(wd, layout.AGILENN_DIR))
+    saved, meta = ckpt.restore_subtree(("step", "params", "batch_stats"))
+    logits = np.array(saved["params"]["quantizer"]["centroid_logits"])
+    logits[2] = logits[1]  # exact tie
+    logits[3] = logits[1] + np.float32(2e-6)  # near tie, as in the CIFAR run
+    saved["params"]["quantizer"]["centroid_logits"] = logits
+    saved["step"] = np.asarray(int(saved["step"]) + 1)
+    ckpt.save(int(saved["step"]), saved, meta)
+    ckpt.close()
+
+    out = str(tmp_path / "o")
+    report = export.export(wd, out, 32, 32, allow_over_budget=True)
+    dev = report["device"]
+    assert dev["tied_centroids"] == [[1, 2]]
+    assert [1, 2, 3] in dev["collapsed_centroids"]
+    c = np.asarray(dev["centroids"], np.float32)
+    t = np.asarray(dev["int8_thresholds"])
+    q = np.arange(-128, 128, dtype=np.int32).astype(np.int8)
+    idx = int8.indices_from_int8(q, t)
+    assert 2 not in idx  # the tied twin of centroid 1 is never sent
+    np.testing.assert_array_equal(
+        idx, _argmin_lowest(int8.dequantize(q, report["device"]["quant"]["remote_features"]), c)
+    )
+    assert report["verification"]["tflm"]["index_agreement"] > 0.95

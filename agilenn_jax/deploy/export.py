@@ -21,8 +21,9 @@ from agilenn_jax.checkpoint import CheckpointError
 from agilenn_jax.deploy import cost, firmware, tflite
 from agilenn_jax.deploy.int8 import dequantize, indices_from_int8, int8_thresholds
 from agilenn_jax.deploy.tflm import TFLMRunner
-from agilenn_jax.models import combine
+from agilenn_jax.models import combine, local
 from agilenn_jax.models.agilenn import feature_shape
+from agilenn_jax.models.quantizer import collapsed_centroids, tied_centroids
 from agilenn_jax.serving import codec
 
 REPORT_FILE = "export_report.json"
@@ -36,15 +37,34 @@ class ExportError(Exception):
     """The workdir cannot be exported, or the result is not deployable as configured."""
 
 
-def device_function(run: inference.TrainedRun):
-    """image [1, H, W, 3] float -> (local_logits [1, K], remote_features [1, h, w, C - k])."""
+def features_function(run: inference.TrainedRun):
+    """image [1, H, W, 3] float -> the extractor's output [1, h, w, C] (all channels)."""
     model, variables = run.model, run.variables
 
     def fn(x):
-        out = model.apply(variables, x, method="device")
-        return out["local_logits"], out["features"][..., model.k :]
+        return model.apply(variables, x, method="device")["features"]
 
     return fn
+
+
+def local_head(run: inference.TrainedRun) -> tuple[np.ndarray, np.ndarray]:
+    """The local NN's dense layer with its BN folded in: logits = mean(f[..., :k]) @ W + b.
+
+    BN(x) = (x - mu) * g / sqrt(var + eps) + beta is affine, so W = diag(g / sqrt(var + eps))
+    @ W_dense and b = (beta - mu * g / sqrt(var + eps)) @ W_dense + b_dense; exact in float.
+    """
+    params = run.variables["params"]["local"]
+    w = np.asarray(params["Dense_0"]["kernel"], np.float64)
+    b = np.asarray(params["Dense_0"]["bias"], np.float64)
+    if run.model.local_bn:
+        stats = run.variables["batch_stats"]["local"]["BatchNorm_0"]
+        g = np.asarray(params["BatchNorm_0"]["scale"], np.float64)
+        beta = np.asarray(params["BatchNorm_0"]["bias"], np.float64)
+        scale = g / np.sqrt(np.asarray(stats["var"], np.float64) + local.BN_EPSILON)
+        shift = beta - np.asarray(stats["mean"], np.float64) * scale
+        b = shift @ w + b
+        w = scale[:, None] * w
+    return w.astype(np.float32), b.astype(np.float32)
 
 
 def fit_codec_model(
@@ -82,7 +102,7 @@ def export(
     calib, _ = inference.first_images(pipe, data.train, num_calibration)
     t0 = time.time()
     float_model, int8_model = tflite.convert(
-        device_function(run), int(config.data.image_size), calib
+        features_function(run), local_head(run), run.model.k, int(config.data.image_size), calib
     )
     convert_s = time.time() - t0
 
@@ -93,11 +113,11 @@ def export(
         raise ExportError(str(e)) from None
     qp = tflite.quant_params(int8_model)
     centroids = run.centroids
-    if np.any(np.diff(centroids) <= 0):
-        raise ExportError(
-            f"centroids are not ascending ({centroids}); order {np.argsort(centroids)}"
-        )
-    thresholds = int8_thresholds(centroids, qp["remote_features"])
+    try:
+        thresholds = int8_thresholds(centroids, qp["remote_features"])
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    ties = tied_centroids(centroids)
     alpha = run.alpha
 
     runner = TFLMRunner(int8_model)
@@ -131,6 +151,8 @@ def export(
         "alpha": alpha,
         "centroids": centroids.tolist(),
         "int8_thresholds": thresholds.tolist(),
+        "tied_centroids": ties,
+        "collapsed_centroids": collapsed_centroids(centroids),
         "quant": qp,
         "arena_bytes": arena,
         "remote_shape": [h, w, c - k],

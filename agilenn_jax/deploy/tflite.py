@@ -46,19 +46,45 @@ def _converter(tf_fn, calib: np.ndarray | None) -> bytes:
     return conv.convert()
 
 
-def convert(fn: Callable, image_size: int, calib: np.ndarray) -> tuple[bytes, bytes]:
+def convert(
+    features_fn: Callable,
+    head: tuple[np.ndarray, np.ndarray],
+    k: int,
+    image_size: int,
+    calib: np.ndarray,
+) -> tuple[bytes, bytes]:
     """jax2tf (graph lowering, no XLA ops) -> float32 TFLite and full-int8 TFLite.
 
-    ``fn`` closes over the trained variables on purpose: they become the flatbuffer's constant
-    tensors, which is what a device model is.
+    ``features_fn`` (image -> extractor output, all channels) is lowered by jax2tf; the local NN
+    is written here in TF as global average pooling + one dense layer (``head`` = kernel, bias
+    with the BN already folded in) so that it lowers to AVERAGE_POOL_2D + FULLY_CONNECTED, two
+    kernels with exact integer semantics that generated C reproduces bit for bit (jnp.mean
+    lowers to SUM + MUL, and the BN to SUB/MUL/ADD). The outputs are (local logits, the
+    offloaded channels k:), both channel SLICEs of the one extractor output.
+    ``features_fn`` closes over the trained variables on purpose: they become the flatbuffer's
+    constant tensors, which is what a device model is.
     """
     import tensorflow as tf
     from jax.experimental import jax2tf
 
+    kernel = tf.constant(np.asarray(head[0], np.float32))
+    bias = tf.constant(np.asarray(head[1], np.float32))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        feats = jax2tf.convert(
+            features_fn, with_gradient=False, native_serialization=False, enable_xla=False
+        )
+
+        def device(x):
+            f = feats(x)
+            h, w, c = (int(d) for d in f.shape[1:])
+            local = tf.slice(f, [0, 0, 0, 0], [1, h, w, k])
+            pooled = tf.nn.avg_pool2d(local, (h, w), (h, w), "VALID")
+            logits = tf.matmul(tf.reshape(pooled, (1, k)), kernel) + bias
+            return logits, tf.slice(f, [0, 0, 0, k], [1, h, w, c - k])
+
         tf_fn = tf.function(
-            jax2tf.convert(fn, with_gradient=False, native_serialization=False, enable_xla=False),
+            device,
             autograph=False,
             input_signature=[tf.TensorSpec((1, image_size, image_size, 3), tf.float32)],
         )

@@ -4,6 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+BN_EPSILON = 1e-3  # the export folds this BN into the dense layer with the same epsilon
+
 
 class LocalNN(nn.Module):
     """GAP -> (optional BN, as in the authors' code) -> Dense(num_classes)."""
@@ -15,5 +17,5 @@ class LocalNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = jnp.mean(x, axis=(1, 2))
         if self.use_bn:
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON)(x)
         return nn.Dense(self.num_classes)(x)

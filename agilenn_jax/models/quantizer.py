@@ -3,8 +3,10 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 FEATURE_MAX = 6.0  # ReLU6 upper bound: centroids live in (0, 6) like the features they code.
+COLLAPSE_ATOL = 1e-3  # centroids closer than this code one level (features are int8 on device)
 
 
 def centroid_init(num_centroids: int) -> jax.Array:
@@ -15,6 +17,34 @@ def centroid_init(num_centroids: int) -> jax.Array:
     """
     c = (jnp.arange(num_centroids, dtype=jnp.float32) + 0.5) * FEATURE_MAX / num_centroids
     return jnp.log(c / (FEATURE_MAX - c))
+
+
+def tied_centroids(centroids: np.ndarray) -> list[list[int]]:
+    """Groups (of >= 2 indices) of centroids with exactly equal values: the index rule sends
+    only the lowest index of a group, so the others are unused code space."""
+    return _groups(np.asarray(centroids, np.float64), 0.0)
+
+
+def collapsed_centroids(centroids: np.ndarray, atol: float = COLLAPSE_ATOL) -> list[list[int]]:
+    """Groups of neighbouring centroids closer than ``atol`` (sorted order): training pulled
+    them together, so they code (almost) one level and waste code space. Reported by training
+    and export; not an error."""
+    return _groups(np.asarray(centroids, np.float64), atol)
+
+
+def _groups(c: np.ndarray, atol: float) -> list[list[int]]:
+    order = np.argsort(c, kind="stable")
+    groups, cur = [], [int(order[0])]
+    for a, b in zip(order[:-1], order[1:], strict=True):
+        if abs(c[b] - c[a]) <= atol:
+            cur.append(int(b))
+        else:
+            if len(cur) > 1:
+                groups.append(cur)
+            cur = [int(b)]
+    if len(cur) > 1:
+        groups.append(cur)
+    return groups
 
 
 class SoftHardQuantizer(nn.Module):

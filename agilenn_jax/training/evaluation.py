@@ -12,11 +12,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from clu import metrics
 
 from agilenn_jax import bitrate, losses
 from agilenn_jax.models import build_agilenn, build_reference_nn, num_local_channels
 from agilenn_jax.models.agilenn import count_params, feature_shape
+from agilenn_jax.models.quantizer import COLLAPSE_ATOL, collapsed_centroids
 from agilenn_jax.training import steps
 from agilenn_jax.training.loop import Context, evaluate
 from agilenn_jax.training.sharding import jit_eval_step
@@ -98,6 +100,18 @@ def evaluate_agilenn(
     )
     counts = s["index_counts"]  # [C - k, L]
     params = state.params
+    model = build_agilenn(config)
+    centroids = np.asarray(model.apply(state.variables(), method="centroids"), np.float64)
+    collapsed = collapsed_centroids(centroids)
+    if collapsed:
+        logging.warning(
+            "centroids collapsed during training (groups within %g: %s): %d of %d levels are "
+            "distinct, the rest is wasted code space",
+            COLLAPSE_ATOL,
+            collapsed,
+            len(centroids) - sum(len(g) - 1 for g in collapsed),
+            len(centroids),
+        )
     return {
         "eval_split": ctx.data.eval_name,
         "eval_samples": n,
@@ -108,7 +122,10 @@ def evaluate_agilenn(
         "achieved_skewness": float(s["skewness"]),
         "disorder_violation_rate": float(s["violation_rate"]),
         "mean_channel_importance": (s["importance"] / n).round(5).tolist(),
-        "alpha": float(build_agilenn(config).apply(state.variables(), method="alpha")),
+        "alpha": float(model.apply(state.variables(), method="alpha")),
+        "centroids": centroids.round(6).tolist(),
+        "collapsed_centroids": collapsed,
+        "distinct_centroids": len(centroids) - sum(len(g) - 1 for g in collapsed),
         "k": k,
         "num_channels": c,
         "remote_symbols_per_sample": int(h * w * (c - k)),
@@ -136,6 +153,8 @@ RESULT_ROWS = (
     ("achieved_skewness", "achieved skewness (rho target)"),
     ("disorder_violation_rate", "disorder violation rate"),
     ("alpha", "alpha"),
+    ("distinct_centroids", "distinct centroids"),
+    ("collapsed_centroids", "collapsed centroid groups"),
     ("remote_symbols_per_sample", "remote symbols / sample"),
     ("remote_entropy_bits_per_sample", "remote entropy bits / sample"),
     ("train_seconds", "train seconds"),

@@ -232,7 +232,12 @@ REPRODUCED = {
 # Every file and every variant it has.
 VARIANTS = [
     ("paper", f"dataset={d},scale={s}") for d in paper.DATASETS for s in ("paper", "cpu")
-] + [("quickstart", None), ("quickstart", "size=fast"), ("smoke", None)]
+] + [
+    ("paper", "scale=untrained"),
+    ("quickstart", None),
+    ("quickstart", "size=fast"),
+    ("smoke", None),
+]
 # Every sweep each file declares.
 SWEEPS = [("paper", f"sweep={name}") for name in paper.SWEEPS] + [
     ("paper", "dataset=svhn,scale=cpu,sweep=rho_split,seeds=1"),
@@ -279,6 +284,15 @@ def test_variant_reproduces_the_old_file(name, arg):
     assert _typed(_flat(_load(name, arg).to_dict())) == _typed(REPRODUCED[(name, arg)])
 
 
+def test_untrained_scale_is_the_paper_networks_with_no_training():
+    c, p = _flat(_load("paper", "scale=untrained").to_dict()), _flat(_load("paper").to_dict())
+    assert c["train.epochs"] == c["reference_train.epochs"] == 0
+    assert c["model.extractor_channels"] == p["model.extractor_channels"]
+    assert c["data.image_size"] == 96 and c["data.source"] == "imagefolder"
+    with pytest.raises(ValueError, match="dataset=cifar10"):
+        _load("paper", "dataset=svhn,scale=untrained")
+
+
 def test_fast_quickstart_only_cuts_epochs_and_sets_lr():
     fast = _flat(_load("quickstart", "fast").to_dict())
     expected = {
@@ -322,7 +336,7 @@ def test_parse_arg_types_and_shorthands():
     [
         ("datset=svhn", r"unknown config argument 'datset'; allowed keys are \['dataset'"),
         ("dataset=mnist", r"dataset='mnist': allowed values are \['cifar10', 'cifar100'"),
-        ("scale=gpu", r"scale='gpu': allowed values are \['paper', 'cpu'\]"),
+        ("scale=gpu", r"scale='gpu': allowed values are \['paper', 'cpu', 'untrained'\]"),
         ("seeds=two", r"seeds='two': expected int"),
         ("mnist", r"'mnist' is neither a bool key nor a value of one key"),
         ("svhn,dataset=cifar10", r"'dataset' given twice"),

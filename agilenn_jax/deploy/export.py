@@ -18,7 +18,7 @@ import numpy as np
 
 from agilenn_jax import inference, input_pipeline, layout
 from agilenn_jax.checkpoint import CheckpointError
-from agilenn_jax.deploy import cost, firmware, tflite
+from agilenn_jax.deploy import cost, tflite, tflm_app
 from agilenn_jax.deploy.int8 import dequantize, indices_from_int8, int8_thresholds
 from agilenn_jax.deploy.tflm import TFLMRunner
 from agilenn_jax.models import combine, local
@@ -167,7 +167,7 @@ def export(
         with open(path, "wb") as f:
             f.write(blob)
         files[name] = path
-    for path in firmware.write_firmware(output_dir, int8_model, meta):
+    for path in tflm_app.write_tflm_app(output_dir, int8_model, meta):
         files[os.path.basename(path)] = path
     codec_model.save(os.path.join(output_dir, CODEC_MODEL_FILE))
     files[CODEC_MODEL_FILE] = os.path.join(output_dir, CODEC_MODEL_FILE)

@@ -25,7 +25,11 @@ class TFLMRunner:
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One float image [1, H, W, 3] -> (int8 local logits, int8 remote features)."""
-        self._interp.set_input(quantize(image, self.qp["input"]), 0)
+        return self.run_int8(quantize(image, self.qp["input"]))
+
+    def run_int8(self, image_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One int8 image [1, H, W, 3] (already quantized) -> the int8 outputs."""
+        self._interp.set_input(np.asarray(image_q, np.int8), 0)
         self._interp.invoke()
         return tuple(self._interp.get_output(i) for i in self.qp["output_positions"])
 

@@ -8,7 +8,7 @@ Frame (little-endian)::
 Coders share one interface (``encode(indices) -> payload`` / ``decode(payload, shape)``):
 ``range`` (constriction's range coder with a static per-channel categorical model fitted on
 training data: the default), ``huffman`` (per-channel static Huffman codes via constriction, the
-paper's choice), ``lzw`` (12-bit LZW), ``zstd`` and ``raw`` (bit-packed, no entropy coding).
+paper's choice), ``lzw`` (12-bit LZW), ``zstd``, ``raw`` (bit-packing) and ``ctx`` (see ``rans``).
 Every decode is lossless and every malformed frame raises ``FrameError`` with the reason.
 """
 
@@ -23,16 +23,14 @@ import constriction
 import numpy as np
 
 from agilenn_jax import bitrate
+from agilenn_jax.serving import rans
+from agilenn_jax.serving.rans import FrameError
 
 MAGIC = b"AGNN"
 VERSION = 1
 HEADER = struct.Struct("<4sBBBHHHHII")
 CRC = struct.Struct("<I")
 MAX_SYMBOLS = 1 << 22  # sanity bound on H * W * C_r from a header
-
-
-class FrameError(ValueError):
-    """A frame is corrupt, truncated, of another version or for another model."""
 
 
 def _payload_error(coder: str, err: BaseException) -> FrameError:
@@ -48,28 +46,33 @@ def _is_decoder_failure(err: BaseException) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class ProbabilityModel:
-    """Static per-channel categorical probabilities [C_r, L] of the quantizer indices."""
+    """Per-channel probabilities [C_r, L] and the ctx coder's tables (``rans.context_of``)."""
 
     probs: np.ndarray
     model_id: int
+    context: rans.ContextModel | None = rans.FROM_PROBS
+
+    def __post_init__(self):
+        object.__setattr__(self, "context", rans.context_of(self.context, self.probs))
 
     @classmethod
     def fit(cls, indices: np.ndarray, num_centroids: int, model_id: int) -> ProbabilityModel:
-        """Laplace-smoothed per-channel frequencies from training indices [N, H, W, C_r]."""
+        """Laplace-smoothed per-channel and per-context frequencies of indices [N, H, W, C_r]."""
         counts = bitrate.channel_histograms(indices, num_centroids).astype(np.float64)
         probs = (counts + 1.0) / (counts + 1.0).sum(axis=1, keepdims=True)
-        return cls(probs, int(model_id))
+        return cls(probs, int(model_id), rans.ContextModel.fit(indices, num_centroids))
 
     @property
     def num_centroids(self) -> int:
         return int(self.probs.shape[1])
 
     def to_json(self) -> dict:
-        return {"model_id": self.model_id, "probs": self.probs.tolist()}
+        d = {"model_id": self.model_id, "probs": self.probs.tolist()}
+        return d | rans.to_json(self.context)
 
     @classmethod
     def from_json(cls, d: dict) -> ProbabilityModel:
-        return cls(np.asarray(d["probs"], np.float64), int(d["model_id"]))
+        return cls(np.asarray(d["probs"], np.float64), int(d["model_id"]), rans.from_json(d))
 
     def save(self, path: str) -> None:
         with open(path, "w") as f:
@@ -267,6 +270,18 @@ class RawCoder(Coder):
         return vals[:n].astype(np.uint8).reshape(shape)
 
 
+class ContextCoder(Coder):
+    """Static rANS conditioned on already-coded neighbours (``rans``): the MCU's coder."""
+
+    name, ident = "ctx", 6
+
+    def encode(self, indices):
+        return rans.require(self.model.context).encode(indices)
+
+    def decode(self, payload, shape):
+        return rans.require(self.model.context, FrameError).decode(payload, shape)
+
+
 def _pack(values: np.ndarray, bits: int) -> bytes:
     b = ((values[:, None] >> np.arange(bits - 1, -1, -1)) & 1).astype(np.uint8)
     return np.packbits(b.reshape(-1)).tobytes()
@@ -280,7 +295,7 @@ def _unpack(payload: bytes, bits: int) -> np.ndarray:
 
 
 CODERS: dict[str, type[Coder]] = {
-    c.name: c for c in (RangeCoder, HuffmanCoder, LZWCoder, ZstdCoder, RawCoder)
+    c.name: c for c in (RangeCoder, HuffmanCoder, LZWCoder, ZstdCoder, RawCoder, ContextCoder)
 }
 _BY_ID = {c.ident: c for c in CODERS.values()}
 

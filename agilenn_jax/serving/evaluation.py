@@ -20,9 +20,12 @@ class LosslessnessError(AssertionError):
 
 
 def coder_sizes(codec_: codec.Codec, indices: np.ndarray) -> dict[str, float]:
-    """Mean frame bytes per sample for every coder on the same indices [N, H, W, C_r]."""
+    """Mean frame bytes per sample for every coder on the same indices [N, H, W, C_r] (``ctx``
+    only when the codec model has its context tables: exports before it have none)."""
     out = {}
     for name in codec.CODERS:
+        if name == "ctx" and codec_.model.context is None:
+            continue
         c = codec.Codec(codec_.model, codec_.k, name, codec_.shape)
         sizes = []
         for idx in indices:

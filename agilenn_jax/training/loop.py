@@ -149,5 +149,6 @@ def fit(state: TrainState, stage: Stage, ctx: Context) -> tuple[TrainState, bool
                 step, {f"{name}/{ctx.data.eval_name}/{k}": float(v) for k, v in scalars.items()}
             )
         writer.flush()
+    save()  # no-op unless nothing was saved: 0 epochs still leaves a checkpoint (untrained runs)
     ckpt.wait()
     return state, True

@@ -1,7 +1,7 @@
 """AgileNN with the paper's hyper-parameters: one file, the dataset and the scale as arguments.
 
     --config=experiments/configs/paper.py[:dataset=cifar10|cifar100|svhn|tiny_imagenet,
-                                           scale=paper|cpu]
+                                           scale=paper|cpu|untrained]
 
 (a bare value works too: ``paper.py:svhn,cpu``). Defaults: cifar10, paper.
 
@@ -30,6 +30,14 @@ only, so it evaluates on a seeded 10% hold-out):
   achieved skewness 0.771, disorder violation rate 0.602, alpha 0.515, 3,658 s. Far below the
   paper's ~94%: 3+4 epochs instead of 200, ~10x narrower networks, no pretrained reference.
   The other datasets at scale=cpu are untested (tfds data; tiny_imagenet at 64x64 costs ~4x).
+
+scale=untrained: the paper's networks at 96x96 (the extractor 96x96x3 -> 32x32x24, k=5),
+0 epochs, no pre-selection, cifar10 from the shared tarball with a 1% (500-image) hold-out: a
+checkpoint of the paper-scale device model for export and firmware size/speed checks (its
+accuracy is chance; what matters is the shapes):
+    python -m launch.main --config=experiments/configs/paper.py:scale=untrained \
+        --workdir=/tmp/agilenn_paper_untrained
+  ~3-4 min on 2 cores (loading and resizing the tarball, one evaluation pass).
 
 Sweeps (``get_sweep``; run with ``python -m launch.sweep --config=...:sweep=NAME --root=DIR``,
 ``seeds=N`` seeds each, default 3; every point is a full run of the chosen dataset and scale):
@@ -85,7 +93,7 @@ NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "svhn": 32, "tiny_imagenet": 64}
 SWEEPS = ("lam", "temperature", "rho_split", "xai_method", "ig_steps", "centroids")
 ARGS = dict(
     dataset=tuple(DATASETS),
-    scale=("paper", "cpu"),
+    scale=("paper", "cpu", "untrained"),
     sweep=("", *SWEEPS),  # get_sweep's grid; get_config ignores it
     seeds=3,  # seeds per sweep point; get_config ignores it
 )
@@ -161,6 +169,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.reference_train.epochs = 3
         c.train.epochs = 4
         common.set_optimisation(c, batch_size=128, log_every_steps=50, eval_every_epochs=2)
+    if a.scale == "untrained":
+        if a.dataset != "cifar10":
+            raise ValueError("scale=untrained is defined for dataset=cifar10 (the shared tarball)")
+        c.data.update(source="imagefolder", path=SHARED_CIFAR10, eval_split="val")
+        c.data.val_fraction = 0.01
+        c.reference_train.epochs = 0
+        c.train.epochs = 0
+        c.preselect.enabled = False
+        c.eval_batch_size = 100
     c.lock()
     return c
 

@@ -14,7 +14,7 @@ def c_array(name: str, data: bytes) -> str:
     return "\n".join(rows)
 
 
-def write_firmware(out_dir: str, model: bytes, meta: dict[str, Any]) -> list[str]:
+def write_tflm_app(out_dir: str, model: bytes, meta: dict[str, Any]) -> list[str]:
     """``agilenn_device_model.h/.cc``: the int8 model as an aligned C array plus what the
     firmware needs around it (quantisation, thresholds, centroids, k, alpha)."""
     qp = meta["quant"]

@@ -27,7 +27,9 @@ _LINK = flags.DEFINE_enum("link", "wifi_6m", list(client.LINK_PRESETS), "Link pr
 _BW = flags.DEFINE_float("bandwidth_kbps", None, "Override the preset's bandwidth.")
 _RTT = flags.DEFINE_float("rtt_ms", None, "Override the preset's round-trip time.")
 _LOSS = flags.DEFINE_float("loss", None, "Override the preset's packet loss rate.")
-_CODER = flags.DEFINE_enum("coder", "range", sorted(codec.CODERS), "Entropy coder.")
+_CODER = flags.DEFINE_enum(
+    "coder", "ctx", sorted(codec.CODERS), "Entropy coder (ctx: what the C firmware sends)."
+)
 _N = flags.DEFINE_integer("num_samples", 500, "Held-out samples to run.")
 _TIMEOUT = flags.DEFINE_float("timeout_s", 2.0, "Server timeout before local fallback.")
 _KEYS = flags.DEFINE_string("keys_file", None, "Key file holding this device's key.")

@@ -164,6 +164,8 @@ def parse_outputs(
         features.append(np.frombuffer(blob, np.int8, feat, pos + num_classes))
         pos += num_classes + feat
         (length,) = struct.unpack_from("<I", blob, pos)
+        if pos + 4 + length + 4 * (num_layers + 2) > len(blob):
+            raise ToolchainError(f"device output ends inside sample {i} of {n}")
         frames.append(bytes(blob[pos + 4 : pos + 4 + length]))
         pos += 4 + length
         vals = struct.unpack_from(f"<{num_layers + 2}I", blob, pos)
@@ -198,7 +200,7 @@ _MAP_LINE = re.compile(
 def footprint(map_file: str, groups: dict[str, Sequence[str]]) -> dict[str, dict[str, int]]:
     """Flash and RAM bytes per group of input objects, from the linker map.
 
-    ``groups`` maps a name to substrings of object paths (first match wins); everything else
+    ``groups`` maps a name to regular expressions searched in object paths (first match wins); everything else
     falls in "other" (newlib, semihosting, libgcc). Flash = .text + .rodata + .data's initial
     values; RAM = .data + .bss. This is what the library costs on the MCU, apart from the
     stack (measured at run time) and the test harness.
@@ -227,7 +229,7 @@ def footprint(map_file: str, groups: dict[str, Sequence[str]]) -> dict[str, dict
         if name is None:
             continue
         size, obj = int(m.group(3), 16), m.group(4)
-        group = next((g for g, keys in groups.items() if any(k in obj for k in keys)), "other")
+        group = next((g for g, keys in groups.items() if any(re.search(k, obj) for k in keys)), "other")
         kind = name.split(".")[1]
         if kind in ("text", "rodata", "vectors", "ARM"):
             sizes[group]["flash"] += size

@@ -136,7 +136,7 @@ class Device:
         host: str = "127.0.0.1",
         port: int = 0,
         link: Link = LINK_PRESETS["wifi_6m"],
-        coder: str = "range",
+        coder: str = "ctx",
         timeout_s: float = 2.0,
         seed: int = 0,
         credentials: Credentials | None = None,

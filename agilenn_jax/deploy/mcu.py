@@ -200,10 +200,10 @@ _MAP_LINE = re.compile(
 def footprint(map_file: str, groups: dict[str, Sequence[str]]) -> dict[str, dict[str, int]]:
     """Flash and RAM bytes per group of input objects, from the linker map.
 
-    ``groups`` maps a name to regular expressions searched in object paths (first match wins); everything else
-    falls in "other" (newlib, semihosting, libgcc). Flash = .text + .rodata + .data's initial
-    values; RAM = .data + .bss. This is what the library costs on the MCU, apart from the
-    stack (measured at run time) and the test harness.
+    ``groups`` maps a name to regular expressions searched in object paths (first match
+    wins); everything else falls in "other" (newlib, semihosting, libgcc). Flash = .text +
+    .rodata + .data's initial values; RAM = .data + .bss. This is what the library costs on
+    the MCU, apart from the stack (measured at run time) and the test harness.
     """
     sizes: dict[str, dict[str, int]] = {g: {"flash": 0, "ram": 0} for g in (*groups, "other")}
     section = None
@@ -229,7 +229,9 @@ def footprint(map_file: str, groups: dict[str, Sequence[str]]) -> dict[str, dict
         if name is None:
             continue
         size, obj = int(m.group(3), 16), m.group(4)
-        group = next((g for g, keys in groups.items() if any(re.search(k, obj) for k in keys)), "other")
+        group = next(
+            (g for g, keys in groups.items() if any(re.search(k, obj) for k in keys)), "other"
+        )
         kind = name.split(".")[1]
         if kind in ("text", "rodata", "vectors", "ARM"):
             sizes[group]["flash"] += size

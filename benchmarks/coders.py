@@ -1,6 +1,6 @@
 """Frame size and Python speed of every codec coder on a trained run's real indices.
 
-    python benchmarks/coders.py --workdir=/tmp/qs0 [--num=500] [--num_train=1000]
+    python benchmarks/coders.py --workdir=/tmp/qs0 [--num=500] [--num_train=1000] [--caps]
 
 Fits the codec model (per-channel and ctx tables) on the device indices of the first
 ``num_train`` training images, as the export does, then frames the first ``num`` held-out
@@ -10,7 +10,6 @@ ctx, its model's ideal code length and the flash its tables take. ``--caps`` pri
 size-versus-table trade-off of other ctx contexts, estimated from their ideal code lengths.
 """
 
-import argparse
 import itertools
 import os
 import sys
@@ -19,9 +18,17 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from agilenn_jax import inference, input_pipeline  # noqa: E402
 from agilenn_jax.serving import codec, rans  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's workdir.")
+_NUM = flags.DEFINE_integer("num", 500, "Held-out samples to frame.")
+_NUM_TRAIN = flags.DEFINE_integer("num_train", 1000, "Training samples to fit on.")
+_CODERS = flags.DEFINE_list("coders", list(codec.CODERS), "Coders to measure.")
+_CAPS = flags.DEFINE_bool("caps", False, "Also print other ctx contexts.")
+flags.mark_flag_as_required("workdir")
 
 
 def _indices(run, split, n, pipe, batch=100):
@@ -62,33 +69,27 @@ def _caps_table(train, held_out, num_centroids, overhead):
             print(f"  caps (left, up, prev) {str(caps):13s} table {table:6d} B  frame {frame:6.1f}")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--num", type=int, default=500, help="held-out samples to frame")
-    ap.add_argument("--num_train", type=int, default=1000, help="training samples to fit on")
-    ap.add_argument("--coders", default=",".join(codec.CODERS))
-    ap.add_argument("--caps", action="store_true", help="also print other ctx contexts")
-    args = ap.parse_args()
-
-    run = inference.load_run(args.workdir)
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    run = inference.load_run(_WORKDIR.value)
     config = run.config
     data = input_pipeline.load(config.data, config.seed)
     pipe = input_pipeline.Pipeline(config.data, config.seed)
-    train = _indices(run, data.train, args.num_train, pipe)
-    held_out = _indices(run, data.eval, args.num, pipe)
+    train = _indices(run, data.train, _NUM_TRAIN.value, pipe)
+    held_out = _indices(run, data.eval, _NUM.value, pipe)
     ncent = int(config.model.num_centroids)
     model = codec.ProbabilityModel.fit(train, ncent, model_id=0)
     shape = held_out.shape[1:]
     symbols = int(np.prod(shape))
     overhead = codec.HEADER.size + codec.CRC.size
     print(
-        f"{args.workdir}: fitted on {len(train)} training samples, {len(held_out)} held-out "
+        f"{_WORKDIR.value}: fitted on {len(train)} training samples, {len(held_out)} held-out "
         f"samples of {shape[0]}x{shape[1]}x{shape[2]} indices ({ncent} centroids); frame "
         f"header + CRC = {overhead} B"
     )
     results = {}
-    for name in args.coders.split(","):
+    for name in _CODERS.value:
         results[name] = _bench(codec.Codec(model, run.model.k, name, shape), held_out)
     zstd = results["zstd"][0].mean() if "zstd" in results else float("nan")
     print(
@@ -114,9 +115,9 @@ def main():
         f"PROB_BITS {ctx.prob_bits}, tables in flash {ctx.freqs.size * 2} B (uint16 freqs) "
         f"+ {2 * (ncent - 1)} B thresholds"
     )
-    if args.caps:
+    if _CAPS.value:
         _caps_table(train, held_out, ncent, overhead + rans.STATE_BYTES)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -4,14 +4,18 @@
 #
 #   bash experiments/quickstart_seeds.sh [SEED ...]     # default: 0 1 2
 #
-# Expected runtime: ~10 min per seed on 2 CPU cores (training ~8 min, export + 500 socket
-# samples ~1.5 min). Each seed's workdir resumes if interrupted; finished steps are skipped.
+# Expected runtime: ~10 min per seed on 2 CPU cores (training ~5-8 min, export + firmware +
+# 500 socket samples per link ~3 min). The firmware step needs the MCU toolchain (see README);
+# CMSIS-NN is taken from $AGILENN_CMSIS_NN (default ../shared/third_party/CMSIS-NN) when present. Each seed's workdir resumes if interrupted; finished steps are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=workdirs/quickstart_seeds
 SEEDS=("${@:-0}")
 [ $# -eq 0 ] && SEEDS=(0 1 2)
 mkdir -p "$ROOT"
+CMSIS="${AGILENN_CMSIS_NN:-../shared/third_party/CMSIS-NN}"
+FW_ARGS=(--backends=portable)
+[ -d "$CMSIS" ] && FW_ARGS=(--backends=portable,cmsis --cmsis_root="$CMSIS")
 for s in "${SEEDS[@]}"; do
   wd="$ROOT/seed$s"
   [ -f "$wd/results.json" ] || python3 -m launch.main --config=experiments/configs/quickstart.py \
@@ -21,6 +25,8 @@ for s in "${SEEDS[@]}"; do
   wd="$ROOT/seed$s"
   [ -f "$wd/export/export_report.json" ] || python3 -m launch.export --workdir="$wd" \
       --num_verify=200 >"$wd.export.log" 2>&1
+  [ -f "$wd/export/firmware/firmware_report.json" ] || python3 -m launch.firmware \
+      --export_dir="$wd/export" "${FW_ARGS[@]}" >"$wd.firmware.log" 2>&1
   [ -f "$wd/keys.json" ] || python3 -m launch.keys --out="$wd/keys.json" --device_ids=0 >/dev/null
   for link in wifi_6m ble_270k; do
     [ -f "$wd/export/device_report_$link.json" ] && continue
@@ -55,6 +61,20 @@ add("flash_kb", [e["budget"]["flash_bytes"] / 1024 for e in exp])
 add("arena_kb", [e["budget"]["arena_bytes"] / 1024 for e in exp])
 add("int8_index_agreement", [e["verification"]["tflm"]["index_agreement"] for e in exp])
 add("int8_accuracy_drop", [e["verification"]["accuracy_drop_int8"] for e in exp])
+fws = [load(os.path.join(root, f"seed{s}", "export", "firmware", "firmware_report.json"))
+       for s in seeds]
+add("frame_bytes/ctx_firmware", [f["frames"]["ctx"]["mean_bytes"] for f in fws])
+add("frame_bytes/ctx_ideal_payload", [f["frames"]["ctx"]["ideal_payload_bytes"] for f in fws])
+add("frame_bytes/zstd19", [f["frames"]["zstd"]["mean_bytes"] for f in fws])
+for backend in fws[0]["backends"]:
+    m7 = [f["backends"][backend]["m7"] for f in fws]
+    add(f"{backend}/all_identical", [float(m["all_identical"]) for m in m7])
+    add(f"{backend}/m7_minstructions", [m["speed"]["instructions_total"] / 1e6 for m in m7])
+    add(f"{backend}/m7_encoder_kinstructions", [m["speed"]["instructions_encoder"] / 1e3 for m in m7])
+    add(f"{backend}/ms_216mhz_cpi_lo", [m["speed"]["ms_at_216mhz"][0] for m in m7])
+    add(f"{backend}/ms_216mhz_cpi_hi", [m["speed"]["ms_at_216mhz"][1] for m in m7])
+    add(f"{backend}/library_flash_kb", [m["library_flash_bytes"] / 1024 for m in m7])
+    add(f"{backend}/library_ram_kb", [m["library_ram_bytes"] / 1024 for m in m7])
 for link in ("wifi_6m", "ble_270k"):
     dev = [load(os.path.join(root, f"seed{s}", "export", f"device_report_{link}.json")) for s in seeds]
     add(f"{link}/socket_accuracy", [d["accuracy"] for d in dev])

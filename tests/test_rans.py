@@ -292,6 +292,8 @@ def _c_frames(tmp_path, model, k, thr, shape, feats, stride, offset, flags=()):
         ([-128, 5, 5, 30], (5, 6, 3), (1, 0, 3), 1, 200),  # tied thresholds; prev channel
         ([-129, -20, 0, 127], (4, 4, 2), (3, 3, 3), 0, 100),  # always-> and never-> thresholds
         ([-50, 0, 50], (24, 24, 6), rans.DEFAULT_CAPS, 3, 8),
+        ([-30, 0, 30], (5, 4, 3), (-1, 1, 2), 1, 60),  # no left neighbour
+        ([-30, 0, 30], (4, 5, 2), (2, -1, -1), 0, 60),  # left only
     ],
 )
 def test_c_encoder_frames_equal_python(tmp_path, thr, shape, caps, k, n):
@@ -313,7 +315,41 @@ def test_c_encoder_frames_equal_python(tmp_path, thr, shape, caps, k, n):
         assert frame == c.encode(idx)
         np.testing.assert_array_equal(c.decode(frame), idx)
         assert len(frame) <= info["frame_bound_bytes"]
-    assert info["flash_bytes"]["freq_tables"] == model.context.freqs.size * 2
+    nctx, _, ncent = model.context.freqs.shape
+    assert info["flash_bytes"]["cum_freq_tables"] == nctx * shape[2] * (ncent + 1) * 2
+    assert info["flash_bytes"]["index_lut"] == 256
+
+
+@needs_gcc
+def test_c_encoder_wide_context_terms(tmp_path):
+    """More than 2^16 cumulative-table entries: the context term tables are uint32."""
+    thr = np.arange(-124, 128, 4)[:63]  # 64 centroids, all three neighbours with cap 5
+    shape, caps = (5, 6, 4), (5, 5, 5)
+    rng = np.random.default_rng(5)
+    train = _correlated_indices(rng, 20, shape, thr)
+    model = codec.ProbabilityModel.fit(train, 64, model_id=7)
+    model = codec.ProbabilityModel(
+        model.probs, model.model_id, rans.ContextModel.fit(train, 64, caps)
+    )
+    feats = _correlated_features(rng, 20, *shape)
+    frames, info = _c_frames(tmp_path, model, 1, thr, shape, feats, shape[2], 0)
+    assert (
+        "typedef uint32_t agilenn_enc_term_t;" in (tmp_path / "fw" / encoder.TABLES_H).read_text()
+    )
+    assert info["flash_bytes"]["context_term_luts"] == 3 * 256 * 4
+    c = codec.Codec(model, 1, "ctx", shape)
+    assert frames == [c.encode(indices_from_int8(f, thr)) for f in feats]
+
+
+@pytest.mark.parametrize(
+    "thr", [[-60, -25, -5, 0, 10, 30, 70], [-128, 5, 5, 30], [-129, -20, 0, 127], [127] * 3, [0]]
+)
+def test_index_lut_is_the_threshold_rule(thr):
+    """The C encoder's 256-entry index table equals the server's rule for every int8, ties,
+    always-greater (-129) and never-greater (127) thresholds included."""
+    q = np.arange(-128, 128).astype(np.int8)
+    lut = encoder.index_lut(np.asarray(thr))
+    np.testing.assert_array_equal(lut, indices_from_int8(q, np.asarray(thr)))
 
 
 @needs_gcc

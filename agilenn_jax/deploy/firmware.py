@@ -318,8 +318,10 @@ def format_report(r: dict[str, Any]) -> str:
             t = e[target]
             n = t["samples"]
             lines.append(
-                f"    {target:<5} logits=TFLite {t['logits_equal_tflite']}/{n}, features=TFLite "
-                f"{t['features_equal_tflite']}/{n}, =TFLM {t['features_equal_tflm']}/{n}, "
+                f"    {target:<5} logits=TFLM {t['logits_equal_tflm']}/{n} (=TFLite "
+                f"{t['logits_equal_tflite']}/{n}, max diff {t['logits_max_diff_tflite']}), "
+                f"features=TFLM {t['features_equal_tflm']}/{n}, =TFLite "
+                f"{t['features_equal_tflite']}/{n}, "
                 f"frames=Python {t['frames_equal_python']}/{n}, decoded "
                 f"{t['frames_decoded_by_server']}/{n} ({t['run_seconds']:.1f} s)"
             )

@@ -8,8 +8,14 @@
  * Payload: rANS with a 32-bit state, L = 2^23, M = 2^AGILENN_ENC_PROB_BITS and byte-wise
  * renormalisation. Symbols are coded last to first (reverse raster order y, x, c) and bytes are
  * written backwards, so the decoder reads forwards; each symbol's context comes from its left,
- * up and previous-channel neighbours, which the decoder has already decoded. Indices are
- * recomputed from the int8 features (a few compares each) instead of being stored.
+ * up and previous-channel neighbours, which the decoder has already decoded.
+ *
+ * Per symbol everything is a table look-up (agilenn_codec_tables.h): its centroid index from the
+ * 256-entry index table (the threshold rule #{j : q > t_j} evaluated for every int8 q), each
+ * used neighbour's context term from its 256-entry term table (already an offset into the
+ * cumulative table), then its cumulative frequency and frequency from one cumulative row; the
+ * division stays a UDIV. A neighbour outside the map reads a zero feature through a one-entry
+ * term table holding the outside term, so the channel loop has no branch for the borders.
  */
 #include "agilenn_encoder.h"
 
@@ -18,6 +24,22 @@
 #define ENC_STATE_BYTES 4u
 #define ENC_CRC_BYTES 4u
 #define ENC_BUCKETS(cap) ((cap) < 0 ? 1u : (uint32_t)(cap) + 2u)
+/* agilenn_enc_cum elements per channel row, per previous-channel, up and left bucket */
+#define ENC_ROW ((uint32_t)AGILENN_ENC_NUM_CENTROIDS + 1u)
+#define ENC_STRIDE_PREV ((uint32_t)AGILENN_ENC_CR * ENC_ROW)
+#define ENC_STRIDE_UP (ENC_BUCKETS(AGILENN_ENC_CAP_PREV) * ENC_STRIDE_PREV)
+#define ENC_STRIDE_LEFT (ENC_BUCKETS(AGILENN_ENC_CAP_UP) * ENC_STRIDE_UP)
+/* The context term of a neighbour outside the map (bucket cap + 1). */
+#define ENC_OUTSIDE(cap, stride) ((cap) < 0 ? 0u : ((uint32_t)(cap) + 1u) * (stride))
+#define ENC_HAS_LEFT (AGILENN_ENC_CAP_LEFT >= 0)
+#define ENC_HAS_UP (AGILENN_ENC_CAP_UP >= 0)
+#define ENC_HAS_PREV (AGILENN_ENC_CAP_PREV >= 0)
+/* Renormalisation is rare (most symbols emit no byte): keep it off the hot path. */
+#if defined(__GNUC__)
+#define ENC_RARELY(cond) __builtin_expect(!!(cond), 0)
+#else
+#define ENC_RARELY(cond) (cond)
+#endif
 
 /* The generated tables must describe a model this encoder can code. */
 typedef char agilenn_enc_check_prob_bits
@@ -28,24 +50,29 @@ typedef char agilenn_enc_check_contexts
     [(AGILENN_ENC_NUM_CONTEXTS == ENC_BUCKETS(AGILENN_ENC_CAP_LEFT) *
                                       ENC_BUCKETS(AGILENN_ENC_CAP_UP) *
                                       ENC_BUCKETS(AGILENN_ENC_CAP_PREV)) ? 1 : -1];
+typedef char agilenn_enc_check_terms
+    [(sizeof(agilenn_enc_term_t) >= 4 ||
+      (uint32_t)AGILENN_ENC_NUM_CONTEXTS * ENC_STRIDE_PREV <= 65536u) ? 1 : -1];
+
+#if ENC_HAS_LEFT
+static const agilenn_enc_term_t enc_outside_left =
+    ENC_OUTSIDE(AGILENN_ENC_CAP_LEFT, ENC_STRIDE_LEFT);
+#endif
+#if ENC_HAS_UP
+static const agilenn_enc_term_t enc_outside_up = ENC_OUTSIDE(AGILENN_ENC_CAP_UP, ENC_STRIDE_UP);
+#endif
+#if ENC_HAS_LEFT || ENC_HAS_UP
+/* What an outside neighbour "reads": q = 0 of a one-entry term table, for every channel. */
+static const int8_t enc_zeros[AGILENN_ENC_CR] = {0};
+#endif
+
+/* zlib's CRC-32 (reflected, polynomial 0xEDB88320), four bits at a time. */
+static const uint32_t enc_crc_nibble[16] = {
+    0x00000000u, 0x1DB71064u, 0x3B6E20C8u, 0x26D930ACu, 0x76DC4190u, 0x6B6B51F4u,
+    0x4DB26158u, 0x5005713Cu, 0xEDB88320u, 0xF00F9344u, 0xD6D6A3E8u, 0xCB61B38Cu,
+    0x9B64C2B0u, 0x86D3D2D4u, 0xA00AE278u, 0xBDBDF21Cu};
 
 size_t agilenn_frame_bound(void) { return (size_t)AGILENN_ENC_FRAME_BOUND; }
-
-/* Centroid index of feature (y, x, c): #{j : q > t_j}, exactly as the server expects. */
-static int enc_index(const int8_t *features, size_t stride, uint32_t y, uint32_t x,
-                     uint32_t c) {
-  const int q = features[((size_t)y * AGILENN_ENC_W + x) * stride + c];
-  int n = 0, j;
-  for (j = 0; j < AGILENN_ENC_NUM_CENTROIDS - 1; ++j) n += q > agilenn_enc_thresholds[j];
-  return n;
-}
-
-/* A neighbour's bucket: min(v, cap), cap + 1 outside the map (v < 0), 0 if unused (cap < 0). */
-static uint32_t enc_bucket(int v, int cap) {
-  if (cap < 0) return 0u;
-  if (v < 0) return (uint32_t)cap + 1u;
-  return (uint32_t)(v < cap ? v : cap);
-}
 
 static void enc_put_u16(uint8_t *p, uint32_t v) {
   p[0] = (uint8_t)v;
@@ -57,22 +84,21 @@ static void enc_put_u32(uint8_t *p, uint32_t v) {
   enc_put_u16(p + 2, v >> 16);
 }
 
-/* zlib's CRC-32 (reflected, polynomial 0xEDB88320), bitwise: no table in flash. */
 static uint32_t enc_crc32(const uint8_t *p, size_t n) {
   uint32_t crc = 0xFFFFFFFFu;
-  int k;
   while (n--) {
     crc ^= *p++;
-    for (k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+    crc = (crc >> 4) ^ enc_crc_nibble[crc & 15u];
+    crc = (crc >> 4) ^ enc_crc_nibble[crc & 15u];
   }
   return ~crc;
 }
 
 size_t agilenn_encode_frame(const int8_t *features, size_t pixel_stride, uint8_t *frame,
                             size_t capacity) {
-  const uint32_t unit = (ENC_RANS_L >> AGILENN_ENC_PROB_BITS) << 8;
+  const uint8_t *const index = agilenn_enc_index + 128; /* index[q], q an int8 */
   uint8_t *lo, *ptr, *end;
-  uint32_t state = ENC_RANS_L, y, x, c;
+  uint32_t state = ENC_RANS_L, y, x;
   size_t len, i;
 
   if (features == NULL || frame == NULL ||
@@ -83,32 +109,55 @@ size_t agilenn_encode_frame(const int8_t *features, size_t pixel_stride, uint8_t
   end = frame + capacity - ENC_CRC_BYTES; /* the payload is coded backwards, ending here */
   ptr = end;
   for (y = AGILENN_ENC_H; y-- > 0;) {
+#if ENC_HAS_UP
+    /* the up neighbours' term table, or the outside term (read with q = 0) on the first row */
+    const agilenn_enc_term_t *const up_terms =
+        y > 0 ? agilenn_enc_up_terms + 128 : &enc_outside_up;
+#endif
     for (x = AGILENN_ENC_W; x-- > 0;) {
-      for (c = AGILENN_ENC_CR; c-- > 0;) {
-        const int s = enc_index(features, pixel_stride, y, x, c);
-        const int left = (AGILENN_ENC_CAP_LEFT >= 0 && x > 0)
-                             ? enc_index(features, pixel_stride, y, x - 1, c) : -1;
-        const int up = (AGILENN_ENC_CAP_UP >= 0 && y > 0)
-                           ? enc_index(features, pixel_stride, y - 1, x, c) : -1;
-        const int prev = (AGILENN_ENC_CAP_PREV >= 0 && c > 0)
-                             ? enc_index(features, pixel_stride, y, x, c - 1) : -1;
-        const uint32_t ctx = (enc_bucket(left, AGILENN_ENC_CAP_LEFT) *
-                                  ENC_BUCKETS(AGILENN_ENC_CAP_UP) +
-                              enc_bucket(up, AGILENN_ENC_CAP_UP)) *
-                                 ENC_BUCKETS(AGILENN_ENC_CAP_PREV) +
-                             enc_bucket(prev, AGILENN_ENC_CAP_PREV);
-        const uint16_t *row = agilenn_enc_freqs[ctx][c];
-        const uint32_t freq = row[s];
-        uint32_t cum = 0;
-        int j;
-        for (j = 0; j < s; ++j) cum += row[j];
-        while (state >= unit * freq) { /* renormalise: state < unit * freq keeps it < 2^31 */
+      /* pixel (y, x): channels CR - 1 .. 0, q walking back from its end to p */
+      const int8_t *const p = features + ((size_t)y * AGILENN_ENC_W + x) * pixel_stride;
+      const int8_t *q = p + AGILENN_ENC_CR;
+      const uint16_t *chan = &agilenn_enc_cum[0][AGILENN_ENC_CR - 1][0]; /* context 0's row */
+#if ENC_HAS_LEFT
+      const agilenn_enc_term_t *const left_terms =
+          x > 0 ? agilenn_enc_left_terms + 128 : &enc_outside_left;
+      const int8_t *left;
+#endif
+#if ENC_HAS_UP
+      const int8_t *up;
+#endif
+#if ENC_HAS_LEFT
+      left = (x > 0 ? p - pixel_stride : enc_zeros) + AGILENN_ENC_CR;
+#endif
+#if ENC_HAS_UP
+      up = (y > 0 ? p - (size_t)AGILENN_ENC_W * pixel_stride : enc_zeros) + AGILENN_ENC_CR;
+#endif
+      do {
+        const uint16_t *row = chan;
+        uint32_t start, freq;
+#if ENC_HAS_LEFT
+        row += left_terms[*--left];
+#endif
+#if ENC_HAS_UP
+        row += up_terms[*--up];
+#endif
+        row += index[*--q];
+#if ENC_HAS_PREV
+        row += q > p ? (uint32_t)agilenn_enc_prev_terms[128 + q[-1]]
+                     : ENC_OUTSIDE(AGILENN_ENC_CAP_PREV, ENC_STRIDE_PREV);
+#endif
+        chan -= ENC_ROW;
+        start = row[0];
+        freq = row[1] - start;
+        /* renormalise while state >= freq << (31 - PROB_BITS): then state < 2^31 after coding */
+        while (ENC_RARELY((state >> (31 - AGILENN_ENC_PROB_BITS)) >= freq)) {
           if (ptr == lo) return 0;
           *--ptr = (uint8_t)state;
           state >>= 8;
         }
-        state = ((state / freq) << AGILENN_ENC_PROB_BITS) + state % freq + cum;
-      }
+        state = ((state / freq) << AGILENN_ENC_PROB_BITS) + state % freq + start;
+      } while (q != p);
     }
   }
   if ((size_t)(ptr - lo) < ENC_STATE_BYTES) return 0;

@@ -79,22 +79,22 @@ def test_device_output_parser_rejects_short_and_long_output():
     np.testing.assert_array_equal(out.logits, np.zeros((1, 3), np.int8))
 
 
-def test_firmware_cli_on_the_host(export_dir, tmp_path):
+def test_firmware_cli_on_the_host_with_a_relative_output_dir(export_dir, tmp_path):
     r = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "launch.firmware",
+            os.path.join(ROOT, "launch", "firmware.py"),
             f"--export_dir={export_dir}",
-            f"--output_dir={tmp_path}/fw",
+            "--output_dir=fw",  # relative: the program runs in a temporary directory
             "--backends=portable",
             "--targets=host",
             "--num_samples=8",
         ],
-        cwd=ROOT,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "AgileNN firmware" in r.stdout and "frames=Python 8/8" in r.stdout
+    assert os.path.exists(tmp_path / "fw" / firmware.REPORT_FILE)

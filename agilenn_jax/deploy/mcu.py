@@ -64,9 +64,12 @@ def _run(cmd: Sequence[str], cwd: str | None = None, timeout: float = 600) -> st
     try:
         r = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
-        raise ToolchainError(
-            f"{cmd[0]} not found; install the Debian packages {' '.join(DEBIAN_PACKAGES)}"
-        ) from None
+        hint = (
+            f"; install the Debian packages {' '.join(DEBIAN_PACKAGES)}"
+            if os.path.basename(cmd[0]) in (ARM_CC, QEMU, "arm-none-eabi-size")
+            else ""
+        )
+        raise ToolchainError(f"{cmd[0]} not found{hint}") from None
     except subprocess.TimeoutExpired:
         raise ToolchainError(f"{cmd[0]} timed out after {timeout:.0f} s") from None
     if r.returncode != 0:
@@ -87,7 +90,7 @@ class Sources:
 
 def build_host(src: Sources, out_dir: str) -> str:
     """The device program as a native executable (same C, same outputs; no instruction counts)."""
-    exe = os.path.join(out_dir, "agilenn_host")
+    exe = os.path.abspath(os.path.join(out_dir, "agilenn_host"))  # runs with another cwd
     cmd = [HOST_CC, "-std=c99", OPT, "-Wall", "-Wextra", "-o", exe]
     cmd += [f"-I{d}" for d in src.include_dirs] + [f"-D{d}" for d in src.defines]
     _run([*cmd, *src.c_files, mcu_source("firmware_main.c")])

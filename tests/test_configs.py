@@ -100,6 +100,8 @@ CIFAR10 = {
     "train.weight_decay": 0.0005,
     "xai.method": "ig",
     "xai.rule": "trapezoid",
+    "xai.chunk": 0,
+    "xai.remat": False,
     "xai.steps": 2,
     "xai.target": "loss",
     "xai.trust_correct_only": True,

@@ -48,6 +48,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"xai.method/rule/target must be in {xai.METHODS}/{xai.RULES}/{xai.TARGETS}, got "
             f"{x.method}/{x.rule}/{x.target}"
         )
+    if x.chunk < 0:
+        raise ValueError(f"xai.chunk must be >= 0 (0 = all IG points at once), got {x.chunk}")
     devices = jax.device_count()
     for name in ("train", "reference_train"):
         tc = config[name]

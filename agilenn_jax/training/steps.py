@@ -137,6 +137,8 @@ def channel_attribution(
         steps=xc.steps,
         rule=xc.rule,
         target=xc.target,
+        chunk=xc.chunk,
+        remat=xc.remat,
     )
     return xai.channel_importance(attr), ref_logits
 

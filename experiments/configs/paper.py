@@ -142,7 +142,9 @@ def base() -> ml_collections.ConfigDict:
     c.xai = dict(
         method="ig",  # ig | saliency
         steps=2,
-        rule="trapezoid",  # trapezoid (m=2 == authors' code) | riemann
+        rule="trapezoid",  # trapezoid (m=2 == authors' code) | riemann | gauss_legendre
+        chunk=0,  # IG points per lax.map chunk (memory); 0 = all at once (vmap, fastest)
+        remat=False,  # jax.checkpoint each IG point: recompute in the outer gradient
         target="loss",  # loss | logit
         trust_correct_only=True,
     )

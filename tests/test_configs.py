@@ -22,6 +22,7 @@ CONFIGS = "experiments/configs"
 # The values the old files produced, flattened to dotted keys (captured before the change).
 CIFAR10 = {
     "data.augment": True,
+    "data.on_device": False,
     "data.cache_dir": "",
     "data.data_dir": "",
     "data.download": True,
@@ -42,6 +43,8 @@ CIFAR10 = {
     "loss.lam": 0.8,
     "loss.rho": 0.8,
     "model.depthwise_impl": "auto",
+    "model.dtype": "float32",
+    "model.reference_arch": "mobilenetv2",
     "model.extractor_channels": (32, 24),
     "model.extractor_strides": (3, 1),
     "model.k": 5,

@@ -116,6 +116,7 @@ def base() -> ml_collections.ConfigDict:
         val_fraction=0.1,
         image_size=96,
         augment=True,
+        on_device=False,  # uint8 dataset on the accelerator, augmentation in jitted JAX
         pad=4,
         flip=True,
         mean=CIFAR10_MEAN,
@@ -138,6 +139,8 @@ def base() -> ml_collections.ConfigDict:
         reference_stages=MOBILENETV2_STAGES,
         reference_head_channels=1280,
         depthwise_impl="auto",  # auto: 9-tap MACs on CPU (much faster there), grouped conv else
+        dtype="float32",  # compute dtype: float32 | bfloat16 (parameters stay float32)
+        reference_arch="mobilenetv2",  # mobilenetv2 (from scratch) | efficientnet_lite0
     )
     c.xai = dict(
         method="ig",  # ig | saliency

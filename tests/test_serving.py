@@ -525,3 +525,30 @@ def test_socket_path_equals_offline_and_sigterm_shutdown(trained_workdir, export
     stats = ast.literal_eval(stdout.split("stopped cleanly: ", 1)[1].strip())
     assert stats["unauthorized"] == 3 + 2  # every anonymous request, reported as such
     assert stats["requests"] == 40 and stats["errors"] == 0
+
+
+def test_mcu_estimate_prefers_the_firmware_report(tmp_path):
+    from agilenn_jax.serving.client import FIRMWARE_REPORT, mcu_estimate
+
+    with open(tmp_path / "export_report.json", "w") as f:
+        json.dump({"latency_estimate": {"ms_at_216mhz": 1.4}}, f)
+    assert mcu_estimate(str(tmp_path)) == (
+        1.4,
+        False,
+        pytest.approx(mcu_estimate(str(tmp_path))[2]),
+    )
+    assert "uncalibrated" in mcu_estimate(str(tmp_path))[2]
+    os.makedirs(tmp_path / "firmware")
+    speed = {"ms_at_216mhz": [6.0, 10.0], "cpi_range": [0.7, 1.3]}
+    with open(tmp_path / FIRMWARE_REPORT, "w") as f:
+        json.dump(
+            {
+                "backends": {
+                    "portable": {"m7": {"speed": {**speed, "ms_at_216mhz": [20, 40]}}},
+                    "cmsis": {"m7": {"speed": speed}},
+                }
+            },
+            f,
+        )
+    ms, with_encoder, source = mcu_estimate(str(tmp_path))
+    assert (ms, with_encoder) == (8.0, True) and source.startswith("firmware cmsis")

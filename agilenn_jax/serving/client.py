@@ -127,6 +127,33 @@ class RemoteClient:
             self._sock = None
 
 
+FIRMWARE_REPORT = os.path.join("firmware", "firmware_report.json")
+
+
+def mcu_estimate(export_dir: str) -> tuple[float, bool, str]:
+    """(ms on the MCU at 216 MHz, whether that includes the entropy encoder, its source).
+
+    The generated firmware's report (``launch.firmware``), when present, is the better number:
+    instructions counted in QEMU for the model and the C encoder, times the midpoint of its
+    stated cycles-per-instruction range (CMSIS-NN back-end when built). Otherwise the export's
+    cycles-per-MAC estimate of the model alone, which is uncalibrated.
+    """
+    fw_path = os.path.join(export_dir, FIRMWARE_REPORT)
+    if os.path.exists(fw_path):
+        with open(fw_path) as f:
+            backends = json.load(f)["backends"]
+        for name in ("cmsis", "portable"):
+            speed = backends.get(name, {}).get("m7", {}).get("speed")
+            if speed:
+                lo, hi = speed["ms_at_216mhz"]
+                cpi = "-".join(f"{c:g}" for c in speed["cpi_range"])
+                return (lo + hi) / 2, True, f"firmware {name}: QEMU instructions x CPI {cpi}"
+    with open(os.path.join(export_dir, "export_report.json")) as f:
+        report = json.load(f)
+    ms = float(report["latency_estimate"]["ms_at_216mhz"])
+    return ms, False, "export cost model (cycles per MAC, uncalibrated; no firmware report)"
+
+
 class Device:
     """Plays the MCU: int8 device model on TFLM, index lookup, encode, send, combine."""
 
@@ -144,9 +171,7 @@ class Device:
         with open(os.path.join(export_dir, "device_int8.tflite"), "rb") as f:
             self.runner = TFLMRunner(f.read())
         self.codec, self.meta = load_codec(export_dir, coder)
-        with open(os.path.join(export_dir, "export_report.json")) as f:
-            report = json.load(f)
-        self.mcu_local_ms = float(report["latency_estimate"]["ms_at_216mhz"])
+        self.mcu_local_ms, self.mcu_includes_encoder, self.mcu_source = mcu_estimate(export_dir)
         self.thresholds = np.asarray(self.meta["int8_thresholds"])
         self.alpha = float(self.meta["alpha"])
         self.link = link
@@ -193,7 +218,7 @@ class Device:
             out.update(prediction=int(np.argmax(local_logits)), fallback=True, reason=str(data))
         out["total_ms"] = (
             out["local_mcu_est_ms"]
-            + encode_ms
+            + (0.0 if self.mcu_includes_encoder else encode_ms)
             + out["transmit_ms"]
             + (server_ms if status == OK else 0.0)
         )

@@ -81,6 +81,8 @@ def run_device(
         "same_predictions_as_offline": float(np.mean(preds == offline)),
         "fallbacks": int(sum(r["fallback"] for r in rows)),
         "latency_ms": {key: mean(key) for key in latency_keys},
+        "mcu_estimate_source": device.mcu_source,
+        "mcu_estimate_includes_encoder": device.mcu_includes_encoder,
         "bytes_per_sample": mean("bytes"),
         "frame_header_bytes": header_bytes,
         "coder_bytes_per_sample": coder_sizes(device.codec, idx),
@@ -98,6 +100,12 @@ def format_device_report(r: dict[str, Any]) -> str:
         f"on {100 * r['same_predictions_as_offline']:.1f}% of samples), fallbacks "
         f"{r['fallbacks']}",
         "  latency (ms, mean): " + ", ".join(f"{k}={v:.2f}" for k, v in lat.items()),
+        f"  MCU time from: {r['mcu_estimate_source']}"
+        + (
+            " (model + encoder; host encode_ms not added)"
+            if r["mcu_estimate_includes_encoder"]
+            else ""
+        ),
         f"  {'coder':<10}{'bytes/sample':>14}  (frame header+crc {r['frame_header_bytes']} B)",
     ]
     for name, b in sorted(r["coder_bytes_per_sample"].items(), key=lambda kv: kv[1]):

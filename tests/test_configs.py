@@ -239,6 +239,8 @@ VARIANTS = [
     ("paper", f"dataset={d},scale={s}") for d in paper.DATASETS for s in ("paper", "cpu")
 ] + [
     ("paper", "scale=untrained"),
+    ("paper", "remote=authors"),
+    ("paper", "scale=cpu,remote=authors"),
     ("quickstart", None),
     ("quickstart", "size=fast"),
     ("smoke", None),
@@ -287,6 +289,16 @@ def test_config_is_locked_and_valid(name, arg):
 @pytest.mark.parametrize("name,arg", list(REPRODUCED), ids=lambda v: str(v))
 def test_variant_reproduces_the_old_file(name, arg):
     assert _typed(_flat(_load(name, arg).to_dict())) == _typed(REPRODUCED[(name, arg)])
+
+
+@pytest.mark.parametrize("scale", ["paper", "cpu"])
+def test_authors_remote_only_changes_the_second_stage_stride(scale):
+    ours = _flat(_load("paper", f"scale={scale}").to_dict())
+    theirs = _flat(_load("paper", f"scale={scale},remote=authors").to_dict())
+    assert {k for k in ours if ours[k] != theirs[k]} == {"model.remote_stages"}
+    pairs = zip(ours["model.remote_stages"], theirs["model.remote_stages"], strict=True)
+    for i, (a, b) in enumerate(pairs):
+        assert tuple(b) == (*a[:3], 1 if i == 1 else a[3])
 
 
 def test_untrained_scale_is_the_paper_networks_with_no_training():

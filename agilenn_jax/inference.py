@@ -59,7 +59,9 @@ def _check_matches(model: AgileNN, config, variables: dict[str, Any], where: str
 def load_run(workdir: str, depthwise_impl: str | None = None) -> TrainedRun:
     """The last AgileNN checkpoint of ``workdir`` with the model its config describes.
 
-    ``depthwise_impl`` overrides the config's (the TFLite export needs the grouped conv).
+    ``depthwise_impl`` overrides the config's (the TFLite export needs the grouped conv). The
+    model is float32 whatever ``model.dtype`` the run trained in: the parameters are float32
+    either way, and export, serving and the device reference all compute in float32.
     """
     config = layout.read_config(workdir)
     ckpt_dir = os.path.join(workdir, layout.AGILENN_DIR)
@@ -69,7 +71,7 @@ def load_run(workdir: str, depthwise_impl: str | None = None) -> TrainedRun:
         saved, meta = ckpt.restore_subtree(("step", "params", "batch_stats"), step)
     finally:
         ckpt.close()
-    model = build_agilenn(config, depthwise_impl)
+    model = build_agilenn(config, depthwise_impl, dtype="float32")
     variables = {"params": saved["params"], "batch_stats": saved["batch_stats"]}
     _check_matches(model, config, variables, ckpt_dir)
     return TrainedRun(

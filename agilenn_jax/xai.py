@@ -177,6 +177,10 @@ def attribute(
 
 
 def channel_importance(attributions: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """Per-channel importance [B, C]: |sum over H, W|, normalised to sum to 1 over channels."""
+    """Per-channel importance [B, C]: |sum over H, W|, normalised to sum to 1 over channels.
+
+    Always float32 (the sum over H, W and the normalisation feed the losses), whatever dtype
+    the attributions come in."""
+    attributions = jnp.asarray(attributions, jnp.float32)
     per_channel = jnp.abs(jnp.sum(attributions, axis=tuple(range(1, attributions.ndim - 1))))
     return per_channel / (jnp.sum(per_channel, axis=-1, keepdims=True) + eps)

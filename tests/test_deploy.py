@@ -176,6 +176,25 @@ def test_inference_reads_variables_only_and_leaves_config_alone(trained_workdir)
     )
 
 
+def test_bf16_trained_run_loads_as_float32(trained_workdir, tmp_path):
+    """model.dtype is a training-time choice: export and serving build the float32 model."""
+    wd = str(tmp_path / "wd")
+    shutil.copytree(trained_workdir, wd)
+    with open(os.path.join(wd, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["model"]["dtype"] = "bfloat16"
+    with open(os.path.join(wd, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    run, ref = inference.load_run(wd), inference.load_run(trained_workdir)
+    assert run.config.model.dtype == "bfloat16" and run.model.dtype == np.float32
+    assert run.model == ref.model
+    x = np.zeros((2, 12, 12, 3), np.float32)
+    np.testing.assert_array_equal(
+        inference.forward(run.model, run.variables, x)["logits"],
+        inference.forward(ref.model, ref.variables, x)["logits"],
+    )
+
+
 def test_read_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         layout.read_config(str(tmp_path))

@@ -6,6 +6,7 @@ from agilenn_jax.models.factory import (
     build_agilenn,
     build_reference,
     build_reference_nn,
+    load_pretrained_reference,
     num_local_channels,
 )
 from agilenn_jax.models.local import LocalNN
@@ -26,6 +27,7 @@ __all__ = [
     "build_reference",
     "build_reference_nn",
     "combine",
+    "load_pretrained_reference",
     "num_local_channels",
     "split_channels",
 ]

@@ -40,7 +40,12 @@ def combine(local_logits: Any, remote_logits: Any, alpha: Any) -> Any:
 
 
 class AgileNN(nn.Module):
-    """The full AgileNN model; ``device`` and ``server`` are the two deployed halves."""
+    """The full AgileNN model; ``device`` and ``server`` are the two deployed halves.
+
+    ``dtype`` is the compute dtype of the extractor, local and remote NNs; parameters, BN
+    statistics, the quantizer and every output (features, logits, quantized) are float32, so
+    losses, IG and the export read the same dtypes whatever it is.
+    """
 
     num_classes: int
     k: int
@@ -55,12 +60,16 @@ class AgileNN(nn.Module):
     remote_dropout: float = 0.2
     temperature: float = 5.0
     depthwise_impl: str = "auto"
+    dtype: Any = jnp.float32
 
     def setup(self) -> None:
         self.extractor = FeatureExtractor(
-            self.extractor_channels, self.extractor_strides, depthwise_impl=self.depthwise_impl
+            self.extractor_channels,
+            self.extractor_strides,
+            depthwise_impl=self.depthwise_impl,
+            dtype=self.dtype,
         )
-        self.local = LocalNN(self.num_classes, use_bn=self.local_bn)
+        self.local = LocalNN(self.num_classes, use_bn=self.local_bn, dtype=self.dtype)
         self.quantizer = SoftHardQuantizer(self.num_centroids, self.quantizer_softness)
         self.remote = MobileNetV2Stack(
             self.num_classes,
@@ -69,6 +78,7 @@ class AgileNN(nn.Module):
             head_channels=self.remote_head_channels,
             dropout=self.remote_dropout,
             depthwise_impl=self.depthwise_impl,
+            dtype=self.dtype,
         )
         self.alpha_logit = self.param("alpha_logit", nn.initializers.zeros, ())
 
@@ -83,7 +93,7 @@ class AgileNN(nn.Module):
             raise ValueError(f"k={self.k} must be in [1, {f.shape[-1] - 1}]")
         q, idx = self.quantizer(f[..., self.k :])
         return {
-            "features": f,
+            "features": jnp.asarray(f, jnp.float32),
             "local_logits": self.local(f[..., : self.k], train),
             "quantized": q,
             "indices": idx,

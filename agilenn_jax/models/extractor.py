@@ -5,6 +5,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from agilenn_jax.models.layers import DepthwiseConv, relu6
@@ -16,13 +17,15 @@ class FeatureExtractor(nn.Module):
     Defaults give 96x96x3 -> 32x32x24: the first block subsamples by 3 (96/32), the second keeps
     resolution. Both ops lower to TFLite DEPTHWISE_CONV_2D / CONV_2D with BN folded and ReLU6
     fused, which is what makes the MCU export cheap. The output is in [0, 6], the range of the
-    quantizer centroids.
+    quantizer centroids. ``dtype`` is the compute (and output) dtype; parameters and BN
+    statistics stay float32.
     """
 
     channels: Sequence[int] = (32, 24)
     strides: Sequence[int] = (3, 1)
     kernel_size: int = 3
     depthwise_impl: str = "auto"
+    dtype: Any = jnp.float32
 
     @property
     def out_channels(self) -> int:
@@ -67,13 +70,15 @@ class FeatureExtractor(nn.Module):
                 "must have the same length"
             )
         bn = lambda name: nn.BatchNorm(  # noqa: E731
-            use_running_average=not train, momentum=0.9, epsilon=1e-3, name=name
+            use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype, name=name
         )
         last = len(self.channels) - 1
         for i, (c, s) in enumerate(zip(self.channels, self.strides, strict=True)):
-            x = DepthwiseConv(self.kernel_size, s, self.depthwise_impl, name=f"dw{i}")(x)
+            x = DepthwiseConv(
+                self.kernel_size, s, self.depthwise_impl, dtype=self.dtype, name=f"dw{i}"
+            )(x)
             x = relu6(bn(f"dw{i}_bn")(x))
             pw, pw_bn = self.output_layer_names() if i == last else (f"pw{i}", f"pw{i}_bn")
-            x = nn.Conv(int(c), (1, 1), use_bias=False, name=pw)(x)
+            x = nn.Conv(int(c), (1, 1), use_bias=False, dtype=self.dtype, name=pw)(x)
             x = relu6(bn(pw_bn)(x))
         return x

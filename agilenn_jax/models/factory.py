@@ -6,10 +6,16 @@ the same thing everywhere.
 
 from __future__ import annotations
 
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 
 from agilenn_jax.models.agilenn import AgileNN, split_channels
-from agilenn_jax.models.reference import ExtractorWithReference, ReferenceNN
+from agilenn_jax.models.efficientnet_lite import load_pretrained
+from agilenn_jax.models.layers import compute_dtype
+from agilenn_jax.models.reference import ExtractorWithReference, reference_nn
 
 
 def num_local_channels(config: ml_collections.ConfigDict) -> int:
@@ -18,8 +24,19 @@ def num_local_channels(config: ml_collections.ConfigDict) -> int:
     return split_channels(int(m.extractor_channels[-1]), int(m.k), float(m.split_ratio))
 
 
-def build_agilenn(config: ml_collections.ConfigDict, depthwise_impl: str | None = None) -> AgileNN:
-    """AgileNN; ``depthwise_impl`` overrides the config's (the export needs the real conv)."""
+def model_dtype(config: ml_collections.ConfigDict, override: str | None = None) -> jnp.dtype:
+    """The compute dtype (``model.dtype``, or ``override``); float32 for configs written before
+    the field existed."""
+    return compute_dtype(override or config.model.get("dtype", "float32"))
+
+
+def build_agilenn(
+    config: ml_collections.ConfigDict,
+    depthwise_impl: str | None = None,
+    dtype: str | None = None,
+) -> AgileNN:
+    """AgileNN; ``depthwise_impl`` and ``dtype`` override the config's (the export needs the
+    real conv, and float32 whatever the run trained in)."""
     m = config.model
     return AgileNN(
         num_classes=config.data.num_classes,
@@ -35,6 +52,7 @@ def build_agilenn(config: ml_collections.ConfigDict, depthwise_impl: str | None 
         remote_dropout=m.remote_dropout,
         temperature=m.temperature,
         depthwise_impl=depthwise_impl or m.depthwise_impl,
+        dtype=model_dtype(config, dtype),
     )
 
 
@@ -50,17 +68,39 @@ def build_reference(config: ml_collections.ConfigDict) -> ExtractorWithReference
         head_channels=m.reference_head_channels,
         dropout=m.remote_dropout,
         depthwise_impl=m.depthwise_impl,
+        dtype=model_dtype(config),
+        arch=reference_arch(config),
     )
 
 
-def build_reference_nn(config: ml_collections.ConfigDict) -> ReferenceNN:
+def build_reference_nn(config: ml_collections.ConfigDict) -> nn.Module:
     """The reference NN alone (same hyper-parameters as inside ``build_reference``)."""
     m = config.model
-    return ReferenceNN(
+    return reference_nn(
+        reference_arch(config),
         config.data.num_classes,
         width=m.reference_width,
         stages=tuple(tuple(s) for s in m.reference_stages),
         head_channels=m.reference_head_channels,
         dropout=m.remote_dropout,
         depthwise_impl=m.depthwise_impl,
+        dtype=model_dtype(config),
     )
+
+
+def reference_arch(config: ml_collections.ConfigDict) -> str:
+    """``model.reference_arch``; mobilenetv2 for configs written before the field existed."""
+    return config.model.get("reference_arch", "mobilenetv2")
+
+
+def load_pretrained_reference(
+    config: ml_collections.ConfigDict, variables: dict[str, Any]
+) -> dict[str, Any]:
+    """``build_reference`` variables with the reference's pretrained weights in place (the
+    extractor and the reference's fresh layers untouched); unchanged for an architecture without
+    pretrained weights (mobilenetv2 is trained from scratch)."""
+    if reference_arch(config) != "efficientnet_lite0":
+        return variables
+    sub = {col: variables[col]["reference"] for col in ("params", "batch_stats")}
+    sub = load_pretrained(sub)
+    return {**variables, **{col: {**variables[col], "reference": sub[col]} for col in sub}}

@@ -2,11 +2,23 @@
 first and second derivatives, which the IG step needs) far slower than the same op written as
 k*k shifted multiply-adds; GPUs/TPUs and the TFLite export want the real grouped conv."""
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 DEPTHWISE_IMPLS = ("auto", "conv", "taps")
+# ``model.dtype``: the compute dtype. Parameters and BatchNorm statistics are float32 in both.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """The jnp dtype of a ``model.dtype`` name; anything else is an error here rather than a
+    silent float16 (or float64) model deep inside jit."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"model.dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+    return jnp.dtype(name)
 
 
 def relu6(x: jax.Array) -> jax.Array:
@@ -25,11 +37,16 @@ def _same_pads(size: int, k: int, s: int) -> tuple[int, int, int]:
 
 
 class DepthwiseConv(nn.Module):
-    """k x k depthwise conv, SAME padding, no bias; kernel [k, k, 1, C] for every ``impl``."""
+    """k x k depthwise conv, SAME padding, no bias; kernel [k, k, 1, C] for every ``impl``.
+
+    The kernel is stored in float32 and cast to ``dtype`` (the compute dtype) with the input,
+    like flax's ``nn.Conv(dtype=...)``.
+    """
 
     kernel_size: int = 3
     stride: int = 1
     impl: str = "auto"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -37,6 +54,7 @@ class DepthwiseConv(nn.Module):
             raise ValueError(f"depthwise impl {self.impl!r} not in {DEPTHWISE_IMPLS}")
         k, s, c = self.kernel_size, self.stride, x.shape[-1]
         w = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c), jnp.float32)
+        x, w = jnp.asarray(x, self.dtype), jnp.asarray(w, self.dtype)
         impl = self.impl
         if impl == "auto":
             impl = "taps" if jax.default_backend() == "cpu" else "conv"

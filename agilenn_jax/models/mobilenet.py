@@ -1,6 +1,7 @@
 """MobileNetV2 inverted-residual stack without its stem (the remote NN, and the reference NN)."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -30,19 +31,21 @@ class InvertedResidual(nn.Module):
     out_channels: int
     stride: int
     depthwise_impl: str = "auto"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         bn = lambda: nn.BatchNorm(  # noqa: E731
-            use_running_average=not train, momentum=0.9, epsilon=1e-3
+            use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype
         )
+        conv = lambda c: nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype)  # noqa: E731
         in_ch = x.shape[-1]
         h = x
         if self.expansion != 1:
-            h = relu6(bn()(nn.Conv(in_ch * self.expansion, (1, 1), use_bias=False)(h)))
-        h = DepthwiseConv(3, self.stride, self.depthwise_impl)(h)
+            h = relu6(bn()(conv(in_ch * self.expansion)(h)))
+        h = DepthwiseConv(3, self.stride, self.depthwise_impl, dtype=self.dtype)(h)
         h = relu6(bn()(h))
-        h = bn()(nn.Conv(self.out_channels, (1, 1), use_bias=False)(h))
+        h = bn()(conv(self.out_channels)(h))
         if self.stride == 1 and in_ch == self.out_channels:
             h = h + x
         return h
@@ -50,7 +53,11 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2Stack(nn.Module):
     """MobileNetV2 from its first inverted-residual block on: the stem conv is replaced by the
-    device's feature extractor, so the input is a feature map (e.g. 32x32x19), not an image."""
+    device's feature extractor, so the input is a feature map (e.g. 32x32x19), not an image.
+
+    Computes in ``dtype`` (parameters and BN statistics stay float32); the logits are float32
+    whatever it is, so losses, IG and metrics never see bfloat16.
+    """
 
     num_classes: int
     width: float = 1.0
@@ -58,16 +65,22 @@ class MobileNetV2Stack(nn.Module):
     head_channels: int = 1280
     dropout: float = 0.2
     depthwise_impl: str = "auto"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = jnp.asarray(x, self.dtype)  # else a float32 input would promote the residual sums
         for t, c, n, s in self.stages:
             out = _make_divisible(c * self.width)
             for i in range(n):
-                x = InvertedResidual(t, out, s if i == 0 else 1, self.depthwise_impl)(x, train)
+                x = InvertedResidual(
+                    t, out, s if i == 0 else 1, self.depthwise_impl, dtype=self.dtype
+                )(x, train)
         head = _make_divisible(self.head_channels * max(1.0, self.width))
-        x = nn.Conv(head, (1, 1), use_bias=False)(x)
-        x = relu6(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3)(x))
-        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Conv(head, (1, 1), use_bias=False, dtype=self.dtype)(x)
+        x = nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype
+        )(x)
+        x = jnp.mean(relu6(x), axis=(1, 2))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes)(x)
+        return jnp.asarray(nn.Dense(self.num_classes, dtype=self.dtype)(x), jnp.float32)

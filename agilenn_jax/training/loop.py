@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from agilenn_jax import input_pipeline
 from agilenn_jax.checkpoint import Checkpointer
+from agilenn_jax.device_data import DeviceData
 from agilenn_jax.training.sharding import (
     jit_eval_step,
     jit_train_step,
@@ -41,6 +42,7 @@ class Context:
     writer: metric_writers.MetricWriter
     seed: int
     eval_batch_size: int
+    device_data: DeviceData | None = None  # data.on_device: train batches made on the mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,18 @@ def evaluate(eval_fn: Callable, state: TrainState, ctx: Context, split) -> Any:
         m = eval_fn(state, shard_batch(batch, ctx.mesh))
         total = m if total is None else total.merge(m)
     return total
+
+
+def train_batches(ctx: Context, batch_size: int, epoch: int, start: int) -> Iterator[dict]:
+    """Epoch ``epoch``'s global batches on the mesh from batch ``start`` on.
+
+    Made on the devices from the uint8 split (``data.on_device``), else read by tf.data on the
+    host (this process's rows only) and shipped to the devices batch by batch.
+    """
+    if ctx.device_data is not None:
+        return ctx.device_data.train_batches(batch_size, epoch, start)
+    batches = ctx.pipeline.train_batches(ctx.data.train, batch_size, epoch, start, process_shard())
+    return (shard_batch(batch, ctx.mesh) for batch in batches)
 
 
 def _own_copy(state: TrainState) -> TrainState:
@@ -122,12 +136,9 @@ def fit(state: TrainState, stage: Stage, ctx: Context) -> tuple[TrainState, bool
 
     while step < total:
         epoch, start = divmod(step, per_epoch)
-        batches = ctx.pipeline.train_batches(
-            ctx.data.train, tc.batch_size, epoch, start, process_shard()
-        )
-        for batch in batches:
+        for batch in train_batches(ctx, tc.batch_size, epoch, start):
             rng = jax.random.fold_in(base_rng, step)
-            state, m = jstep(state, shard_batch(batch, ctx.mesh), rng)
+            state, m = jstep(state, batch, rng)
             window = m if window is None else merge(window, m)
             step += 1
             run_steps += 1

@@ -24,6 +24,7 @@ from agilenn_jax.models import (
     build_agilenn,
     build_reference,
     build_reference_nn,
+    load_pretrained_reference,
     num_local_channels,
 )
 from agilenn_jax.training import evaluation, steps
@@ -42,11 +43,21 @@ def _schedule_steps(tc: ml_collections.ConfigDict, data: input_pipeline.Data | N
 
 
 def reference_state_template(
-    config: ml_collections.ConfigDict, data: input_pipeline.Data | None, mesh
+    config: ml_collections.ConfigDict,
+    data: input_pipeline.Data | None,
+    mesh,
+    pretrained: bool = False,
 ) -> TrainState:
+    """The stage-1 state; ``pretrained`` loads the reference's pretrained weights (a fresh run
+    of an ``efficientnet_lite0`` reference; a restore overwrites them anyway)."""
     module = build_reference(config)
     tx = make_optimizer(config.reference_train, _schedule_steps(config.reference_train, data))
     variables = init_variables(module, config.data.image_size, config.seed)
+    if pretrained:
+        loaded = load_pretrained_reference(config, variables)
+        if loaded is not variables:
+            logging.info("[reference] %s starts from ImageNet weights", config.model.reference_arch)
+        variables = loaded
     return replicate(new_state(module, variables, tx, {}), mesh)
 
 
@@ -54,11 +65,12 @@ def pretrain_reference(
     config: ml_collections.ConfigDict, ctx: Context, workdir: str
 ) -> tuple[TrainState, bool]:
     """Stage 1: extractor + reference NN trained with CE (resumes from workdir/reference)."""
-    state = reference_state_template(config, ctx.data, ctx.mesh)
     ckpt = Checkpointer(
         os.path.join(workdir, layout.REFERENCE_DIR), config.reference_train.max_to_keep
     )
-    if ckpt.latest_step() is not None:
+    fresh = ckpt.latest_step() is None
+    state = reference_state_template(config, ctx.data, ctx.mesh, pretrained=fresh)
+    if not fresh:
         state, _ = ckpt.restore(state)
         logging.info("[reference] resumed from step %d", int(state.step))
     stage = Stage(

@@ -10,13 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 from clu import metrics
 
 from agilenn_jax import losses, xai
-from agilenn_jax.models import ReferenceNN, build_reference_nn, num_local_channels
+from agilenn_jax.models import build_reference_nn, num_local_channels
 from agilenn_jax.training.state import TrainState
 
 
@@ -109,7 +110,7 @@ def reference_eval_step(state: TrainState, batch: dict) -> ReferenceEvalMetrics:
 # --------------------------------------------------------------------------- AgileNN stage
 
 
-def reference_logits_fn(reference: ReferenceNN, frozen: dict) -> Callable[[jax.Array], jax.Array]:
+def reference_logits_fn(reference: nn.Module, frozen: dict) -> Callable[[jax.Array], jax.Array]:
     """Frozen reference NN (inference-mode BN) on AgileNN's features.
 
     Algorithm 1 permutes the extractor's output channels; ``inv_perm`` undoes that before the
@@ -122,7 +123,7 @@ def reference_logits_fn(reference: ReferenceNN, frozen: dict) -> Callable[[jax.A
 
 
 def channel_attribution(
-    reference: ReferenceNN,
+    reference: nn.Module,  # ReferenceNN or EfficientNetLite0: apply(v, f) -> logits
     frozen: dict,
     features: jax.Array,
     labels: jax.Array,

@@ -9,7 +9,9 @@ scale=paper (GPU/TPU; tfds data downloaded on first use; 96x96 input, full-width
 stacks, 50 reference + 200 AgileNN epochs, rho=0.8, k=5 of 24 channels, 8 centroids):
     python -m launch.main --config=experiments/configs/paper.py --workdir=/tmp/agilenn_cifar10
   cifar10: ~6-8 h on one A100/H100; ~92-94% test accuracy expected (paper ~94% with an
-    ImageNet-pretrained reference; ours is trained from scratch), skewness >= 0.8, 3-bit indices.
+    ImageNet-pretrained reference; ours is trained from scratch unless
+    --config.model.reference_arch=efficientnet_lite0, the ImageNet-pretrained EfficientNet-Lite0
+    from PyPI), skewness >= 0.8, 3-bit indices.
   cifar100: ~6-8 h; ~70-74% (paper ~74%).
   svhn (cropped digits, no horizontal flip): ~8-10 h (73k train images); ~95-96% (paper ~96%).
   tiny_imagenet: an ImageFolder evaluated on its val/ folder. Prepare it first: flatten

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from agilenn_jax import inference, layout
-from agilenn_jax.deploy import codegen, cost, encoder, mcu, tflite
+from agilenn_jax.deploy import codegen, cost, encoder, export, mcu, tflite
 from agilenn_jax.deploy.int8 import indices_from_int8, quantize
 from agilenn_jax.deploy.tflm import TFLMRunner
 from agilenn_jax.serving import codec
@@ -51,8 +51,6 @@ class FirmwareError(Exception):
 
 
 def _read_export(export_dir: str) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
-    from agilenn_jax.deploy import export  # noqa: PLC0415 (export imports this package's peers)
-
     paths = [os.path.join(export_dir, f) for f in (export.INT8_MODEL_FILE, export.META_FILE)]
     paths.append(os.path.join(export_dir, export.REPORT_FILE))
     missing = [p for p in paths if not os.path.exists(p)]
@@ -71,8 +69,6 @@ def _read_export(export_dir: str) -> tuple[bytes, dict[str, Any], dict[str, Any]
 
 
 def _codec_model(export_dir: str) -> codec.ProbabilityModel:
-    from agilenn_jax.deploy import export  # noqa: PLC0415
-
     path = os.path.join(export_dir, export.CODEC_MODEL_FILE)
     model = codec.ProbabilityModel.load(path)
     if model.context is None:
@@ -83,12 +79,20 @@ def _codec_model(export_dir: str) -> codec.ProbabilityModel:
 
 
 def generate_sources(
-    export_dir: str, out_dir: str, backend: str, cmsis_root: str | None
+    model: bytes,
+    meta: dict[str, Any],
+    codec_model: codec.ProbabilityModel,
+    out_dir: str,
+    backend: str,
+    cmsis_root: str | None,
 ) -> tuple[mcu.Sources, dict[str, Any], dict[str, Any]]:
-    """Write the generated C for ``backend`` under ``out_dir``; returns (sources, plan, codec)."""
+    """Write the generated C for ``backend`` under ``out_dir``; returns (sources, plan, codec).
+
+    ``model``, ``meta`` and ``codec_model`` are the export's int8 flatbuffer, device meta and
+    codec model, read once by ``check``.
+    """
     if backend not in BACKENDS:
         raise FirmwareError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    model, meta, _ = _read_export(export_dir)
     src_dir = os.path.join(out_dir, "src")
     os.makedirs(src_dir, exist_ok=True)
     try:
@@ -100,7 +104,7 @@ def generate_sources(
         raise FirmwareError(str(e)) from None
     enc = encoder.write_encoder(
         src_dir,
-        _codec_model(export_dir),
+        codec_model,
         int(meta["k"]),
         np.asarray(meta["int8_thresholds"]),
         tuple(meta["remote_shape"]),
@@ -120,23 +124,14 @@ def generate_sources(
 
 def reference_outputs(model: bytes, images_q: np.ndarray) -> dict[str, np.ndarray]:
     """TFLite interpreter and TFLite Micro outputs for int8 images: what the C must equal."""
-    qp = tflite.quant_params(model)
     lite = tflite.interpreter(model)
     runner = TFLMRunner(model)
     out: dict[str, np.ndarray] = {}
-    for name, fn in (("tflite", lambda x: _invoke_int8(lite, x)), ("tflm", runner.run_int8)):
+    for name, fn in (("tflite", lambda x: tflite.invoke(lite, x)), ("tflm", runner.run_int8)):
         logits, feats = zip(*(fn(images_q[i : i + 1]) for i in range(len(images_q))), strict=True)
         out[f"{name}_logits"] = np.concatenate(logits)
         out[f"{name}_features"] = np.concatenate(feats)
-    out["quant"] = qp
     return out
-
-
-def _invoke_int8(it, x_q: np.ndarray):
-    it.set_tensor(it.get_input_details()[0]["index"], x_q)
-    it.invoke()
-    outs = it.get_output_details()
-    return tuple(it.get_tensor(outs[i]["index"]) for i in tflite.output_positions(it))
 
 
 def _compare(dev: mcu.DeviceOutputs, ref: dict[str, Any], frames_py: list[bytes], cdc) -> dict:
@@ -208,12 +203,13 @@ def check(
     images, _ = inference.held_out_images(config, num_samples)
     if len(images) < num_samples:
         raise FirmwareError(f"only {len(images)} held-out images, {num_samples} requested")
-    ref = reference_outputs(model, quantize(images, meta["quant"]["input"]))
     images_q = quantize(images, meta["quant"]["input"])
+    ref = reference_outputs(model, images_q)
     thresholds = np.asarray(meta["int8_thresholds"])
     ref["indices"] = indices_from_int8(ref["tflite_features"], thresholds)
     shape = tuple(int(d) for d in meta["remote_shape"])
-    cdc = codec.Codec(_codec_model(export_dir), int(meta["k"]), "ctx", shape)
+    codec_model = _codec_model(export_dir)
+    cdc = codec.Codec(codec_model, int(meta["k"]), "ctx", shape)
     t0 = time.time()
     frames_py = [cdc.encode(i) for i in ref["indices"]]
     py_encode_ms = (time.time() - t0) * 1e3 / len(frames_py)
@@ -232,7 +228,7 @@ def check(
     }
     for backend in backends:
         bdir = os.path.join(out_dir, backend)
-        src, plan, enc = generate_sources(export_dir, bdir, backend, cmsis_root)
+        src, plan, enc = generate_sources(model, meta, codec_model, bdir, backend, cmsis_root)
         entry: dict[str, Any] = {"plan": plan, "encoder": enc}
         names = [layer["name"] for layer in plan["layers"]]
         for target in targets:

@@ -140,8 +140,12 @@ def quant_params(model: bytes) -> dict[str, Any]:
 def run_interpreter(it, x: np.ndarray, qp: dict[str, Any] | None = None):
     """One image through a TFLite interpreter -> (local logits, remote features); ``qp`` given:
     the int8 model (input quantized here), else the float32 model."""
-    inp = quantize(x, qp["input"]) if qp is not None else x.astype(np.float32)
-    it.set_tensor(it.get_input_details()[0]["index"], inp)
+    return invoke(it, quantize(x, qp["input"]) if qp is not None else x.astype(np.float32))
+
+
+def invoke(it, x: np.ndarray):
+    """One input already in the model's dtype -> (local logits, remote features)."""
+    it.set_tensor(it.get_input_details()[0]["index"], x)
     it.invoke()
     outs = it.get_output_details()
     return tuple(it.get_tensor(outs[i]["index"]) for i in output_positions(it))

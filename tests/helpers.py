@@ -1,6 +1,15 @@
-"""Shared test fixtures: the smoke config, shrunk further where a test needs it."""
+"""Shared test fixtures: the smoke config, shrunk further where a test needs it, a fake data
+set with one smoke-sized batch, and a runner for code that needs 8 host devices."""
 
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from agilenn_jax import input_pipeline
 from experiments.configs import smoke
+from tests.conftest import ROOT
 
 
 def smoke_config(**train_overrides):
@@ -8,3 +17,29 @@ def smoke_config(**train_overrides):
     for key, value in train_overrides.items():
         c.train[key] = value
     return c
+
+
+def fake_data_and_batch(batch_size: int = 64) -> tuple[input_pipeline.Data, dict]:
+    """128 blank 8x8 training images (for state templates) and one random smoke-sized batch
+    (12x12 inputs, 10 classes) on the host, seeded."""
+    split = input_pipeline.Split(np.zeros((128, 8, 8, 3), np.uint8), np.zeros(128, np.int32))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.normal(size=(batch_size, 12, 12, 3)).astype(np.float32),
+        "label": rng.integers(0, 10, batch_size).astype(np.int32),
+    }
+    return input_pipeline.Data(split, split, "val", 10), batch
+
+
+def run_on_8_devices(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter with 8 forced host devices (XLA_FLAGS must be set
+    before jax starts, hence the subprocess)."""
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        PYTHONPATH=ROOT,
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )

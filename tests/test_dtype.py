@@ -21,11 +21,10 @@ import numpy as np
 import optax
 import pytest
 
-from agilenn_jax import input_pipeline
 from agilenn_jax.models import build_agilenn, build_reference
 from agilenn_jax.training import experiment, stages, steps
 from agilenn_jax.training.sharding import jit_train_step, make_mesh, replicate, shard_batch
-from tests.helpers import smoke_config
+from tests.helpers import fake_data_and_batch, smoke_config
 
 FORWARD_RTOL = {
     "features": 0.03,
@@ -101,17 +100,9 @@ def _capture_grads(tx: optax.GradientTransformation) -> optax.GradientTransforma
 
 
 def test_bf16_agilenn_train_step_is_close_to_fp32_and_compiles_once():
-    split = input_pipeline.Split(np.zeros((128, 8, 8, 3), np.uint8), np.zeros(128, np.int32))
-    data = input_pipeline.Data(split, split, "val", 10)
+    data, host_batch = fake_data_and_batch()
     mesh = make_mesh()
-    rng = np.random.default_rng(0)
-    batch = shard_batch(
-        {
-            "image": rng.normal(size=(64, 12, 12, 3)).astype(np.float32),
-            "label": rng.integers(0, 10, 64).astype(np.int32),
-        },
-        mesh,
-    )
+    batch = shard_batch(host_batch, mesh)
     results = {}
     for dtype in ("float32", "bfloat16"):
         c = _config(dtype)

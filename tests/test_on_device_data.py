@@ -22,7 +22,7 @@ from agilenn_jax import device_data, input_pipeline
 from agilenn_jax.training import experiment
 from agilenn_jax.training.sharding import DATA_AXIS, make_mesh
 from tests.conftest import ROOT
-from tests.helpers import smoke_config
+from tests.helpers import run_on_8_devices, smoke_config
 
 # Device vs host preprocessing of the same images (no augmentation): float32 rounding of the
 # resize (JAX: weight-matrix products, TF: per-pixel interpolation), divided by std ~0.25.
@@ -176,15 +176,7 @@ def test_eight_fake_devices():
         print("OK", loss)
         """
     )
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-        PYTHONPATH=ROOT,
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
-    r = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    r = run_on_8_devices(code)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
 
 

@@ -18,7 +18,7 @@ from agilenn_jax.training import experiment, stages, steps
 from agilenn_jax.training.loop import Context
 from agilenn_jax.training.sharding import jit_train_step, make_mesh, shard_batch
 from tests.conftest import ROOT
-from tests.helpers import smoke_config
+from tests.helpers import fake_data_and_batch, run_on_8_devices, smoke_config
 
 RESULT_KEYS = {
     "test_accuracy",
@@ -186,16 +186,11 @@ def test_data_parallel_step_on_8_fake_devices():
         """
         import jax, numpy as np, chex
         from jax.sharding import Mesh
-        from agilenn_jax import input_pipeline
         from agilenn_jax.training import sharding, stages, steps
-        from tests.helpers import smoke_config
+        from tests.helpers import fake_data_and_batch, smoke_config
         assert jax.device_count() == 8
         c = smoke_config()
-        split = input_pipeline.Split(np.zeros((128, 8, 8, 3), np.uint8), np.zeros(128, np.int32))
-        data = input_pipeline.Data(split, split, "val", 10)
-        rng = np.random.default_rng(0)
-        batch = {"image": rng.normal(size=(64, 12, 12, 3)).astype(np.float32),
-                 "label": rng.integers(0, 10, 64).astype(np.int32)}
+        data, batch = fake_data_and_batch()
         outs = []
         for mesh in (sharding.make_mesh(), Mesh(np.asarray(jax.devices()[:1]), ("data",))):
             state = stages.agilenn_state_template(c, data, mesh)
@@ -218,15 +213,7 @@ def test_data_parallel_step_on_8_fake_devices():
         print("OK", float(outs[0][1]["loss"]))
         """
     )
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-        PYTHONPATH=ROOT,
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
-    r = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    r = run_on_8_devices(code)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
 
 
@@ -280,17 +267,9 @@ def test_each_jitted_step_compiles_once():
     """A weak-typed parameter (once: the quantizer's centroid init) turns strong after the first
     update and silently recompiles the step; every stage paid ~17 s per extra compile."""
     c = smoke_config()
-    split = input_pipeline.Split(np.zeros((128, 8, 8, 3), np.uint8), np.zeros(128, np.int32))
-    data = input_pipeline.Data(split, split, "val", 10)
+    data, host_batch = fake_data_and_batch()
     mesh = make_mesh()
-    rng = np.random.default_rng(0)
-    batch = shard_batch(
-        {
-            "image": rng.normal(size=(64, 12, 12, 3)).astype(np.float32),
-            "label": rng.integers(0, 10, 64).astype(np.int32),
-        },
-        mesh,
-    )
+    batch = shard_batch(host_batch, mesh)
     for template, step_fn in (
         (stages.agilenn_state_template(c, data, mesh), steps.make_agilenn_train_step(c)),
         (stages.reference_state_template(c, data, mesh), steps.reference_train_step),

@@ -120,5 +120,4 @@ def device_indices(model: AgileNN, variables: dict[str, Any], images: jax.Array)
 @functools.partial(jax.jit, static_argnums=0)
 def remote_logits(model: AgileNN, variables: dict[str, Any], indices: jax.Array) -> jax.Array:
     """What the server computes: centroid lookup of the received indices, then the remote NN."""
-    centroids = model.apply(variables, method="centroids")
-    return model.apply(variables, centroids[indices.astype(jnp.int32)], method="server")
+    return model.apply(variables, indices, method="serve")

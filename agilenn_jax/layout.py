@@ -3,6 +3,7 @@
 workdir/config.json        the run's config (written before any work)
 workdir/reference/<step>/  orbax checkpoints of stage 1 (extractor + reference NN)
 workdir/agilenn/<step>/    orbax checkpoints of stage 2 (AgileNN + frozen reference)
+workdir/model/<step>/      orbax checkpoints of a baseline's one stage (config.method != agilenn)
 workdir/results.json       the final evaluation
 """
 
@@ -18,6 +19,7 @@ CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 REFERENCE_DIR = "reference"
 AGILENN_DIR = "agilenn"
+MODEL_DIR = "model"
 TRAIN_FIRST = "train first (--mode=all or --mode=train)"  # when a workdir has no AgileNN stage
 
 

@@ -63,3 +63,15 @@ def disorder_violations(importance: jax.Array, k: int) -> jax.Array:
     return (jnp.max(importance[:, k:], axis=-1) > jnp.min(importance[:, :k], axis=-1)).astype(
         jnp.float32
     )
+
+
+def rate_bits(assignment: jax.Array) -> jax.Array:
+    """Differentiable rate: bits per symbol of a per-channel static code, from soft assignments.
+
+    ``assignment`` is [B, H, W, C, L] (``SoftHardQuantizer.assignment``). The batch's soft
+    histogram per channel gives p_c; the mean of the channel entropies H(p_c) is the bits per
+    symbol the codec's per-channel static model would pay (``bitrate.per_channel_entropy_bits``
+    measures the same on hard indices). DeepCOD-style baselines add ``beta`` times it to CE.
+    """
+    p = jnp.mean(assignment.reshape(-1, *assignment.shape[-2:]), axis=0)  # [C, L]
+    return -jnp.mean(jnp.sum(p * jnp.log2(jnp.maximum(p, 1e-12)), axis=-1))

@@ -103,6 +103,10 @@ class AgileNN(nn.Module):
         """What runs on the server: remote logits from the dequantized remote channels."""
         return self.remote(quantized, train)
 
+    def serve(self, indices: jax.Array) -> jax.Array:
+        """What the server computes from the received indices: centroid lookup, remote NN."""
+        return self.server(self.centroids()[indices.astype(jnp.int32)], False)
+
     def combine(self, local_logits: jax.Array, remote_logits: jax.Array) -> jax.Array:
         return combine(local_logits, remote_logits, self.alpha())
 

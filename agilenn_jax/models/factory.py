@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from agilenn_jax.models.agilenn import AgileNN, split_channels
+from agilenn_jax.models.baselines import METHODS, MobileNetV2, Offloaded
 from agilenn_jax.models.efficientnet_lite import load_pretrained
 from agilenn_jax.models.layers import compute_dtype
 from agilenn_jax.models.reference import ExtractorWithReference, reference_nn
@@ -53,6 +54,61 @@ def build_agilenn(
         temperature=m.temperature,
         depthwise_impl=depthwise_impl or m.depthwise_impl,
         dtype=model_dtype(config, dtype),
+    )
+
+
+def method_of(config: ml_collections.ConfigDict) -> str:
+    """``config.method``; agilenn for configs written before baselines existed."""
+    name = config.get("method", "agilenn")
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {name!r}")
+    return name
+
+
+def build_model(
+    config: ml_collections.ConfigDict,
+    depthwise_impl: str | None = None,
+    dtype: str | None = None,
+) -> nn.Module:
+    """The model of ``config.method``: AgileNN or one of the paper's baselines.
+
+    Baselines reuse AgileNN's fields where they mean the same thing (the extractor, the
+    quantizer, the remote stack's stages, head and dropout) and read ``config.baseline`` for
+    the rest; see ``models/baselines.py``.
+    """
+    name = method_of(config)
+    if name == "agilenn":
+        return build_agilenn(config, depthwise_impl, dtype)
+    m, b = config.model, config.baseline
+    common = dict(
+        num_classes=config.data.num_classes,
+        stages=tuple(tuple(s) for s in m.remote_stages),
+        head_channels=m.remote_head_channels,
+        dropout=m.remote_dropout,
+        depthwise_impl=depthwise_impl or m.depthwise_impl,
+        dtype=model_dtype(config, dtype),
+    )
+    if name in ("edge_only", "local_only"):
+        return MobileNetV2(
+            width=b.net_width,
+            stem_channels=b.stem_channels,
+            stem_stride=b.stem_stride,
+            mean=tuple(config.data.mean),
+            std=tuple(config.data.std),
+            **common,
+        )
+    return Offloaded(
+        encoder="extractor" if name == "deepcod" else "mobilenetv2",
+        extractor_channels=tuple(m.extractor_channels),
+        extractor_strides=tuple(m.extractor_strides),
+        split_block=b.split_block,
+        stem_channels=b.stem_channels,
+        stem_stride=b.stem_stride,
+        width=m.remote_width if name == "deepcod" else b.net_width,
+        num_centroids=m.num_centroids,
+        quantizer_softness=m.quantizer_softness,
+        exit_head=name == "spinn" and b.exit_head,
+        **common,
     )
 
 

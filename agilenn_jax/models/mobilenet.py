@@ -26,6 +26,15 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
     return new_v + divisor if new_v < 0.9 * v else new_v
 
 
+def block_specs(stages: Sequence[Sequence[int]], width: float) -> list[tuple[int, int, int]]:
+    """(expansion, output channels, stride) of every inverted-residual block, in order."""
+    specs = []
+    for t, c, n, s in stages:
+        out = _make_divisible(c * width)
+        specs += [(int(t), out, int(s) if i == 0 else 1) for i in range(int(n))]
+    return specs
+
+
 class InvertedResidual(nn.Module):
     expansion: int
     out_channels: int
@@ -57,6 +66,10 @@ class MobileNetV2Stack(nn.Module):
 
     Computes in ``dtype`` (parameters and BN statistics stay float32); the logits are float32
     whatever it is, so losses, IG and metrics never see bfloat16.
+
+    ``blocks`` = (first, stop) runs only those inverted-residual blocks (counted over all
+    stages; stop -1 = to the end) and ``head=False`` returns the last block's output instead of
+    logits: the two halves of a network split between device and server (SPINN-style).
     """
 
     num_classes: int
@@ -66,16 +79,21 @@ class MobileNetV2Stack(nn.Module):
     dropout: float = 0.2
     depthwise_impl: str = "auto"
     dtype: Any = jnp.float32
+    blocks: tuple[int, int] = (0, -1)
+    head: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = jnp.asarray(x, self.dtype)  # else a float32 input would promote the residual sums
-        for t, c, n, s in self.stages:
-            out = _make_divisible(c * self.width)
-            for i in range(n):
-                x = InvertedResidual(
-                    t, out, s if i == 0 else 1, self.depthwise_impl, dtype=self.dtype
-                )(x, train)
+        specs = block_specs(self.stages, self.width)
+        first, stop = self.blocks
+        stop = len(specs) if stop < 0 else stop
+        if not 0 <= first <= stop <= len(specs):
+            raise ValueError(f"blocks {self.blocks} outside the {len(specs)} blocks of the stack")
+        for t, out, s in specs[first:stop]:
+            x = InvertedResidual(t, out, s, self.depthwise_impl, dtype=self.dtype)(x, train)
+        if not self.head:
+            return x
         head = _make_divisible(self.head_channels * max(1.0, self.width))
         x = nn.Conv(head, (1, 1), use_bias=False, dtype=self.dtype)(x)
         x = nn.BatchNorm(

@@ -71,6 +71,12 @@ class SoftHardQuantizer(nn.Module):
     def centroids(self) -> jax.Array:
         return FEATURE_MAX * jax.nn.sigmoid(self.centroid_logits)
 
+    def assignment(self, x: jax.Array) -> jax.Array:
+        """Soft assignment probabilities [..., L] of each value to each centroid: what a
+        differentiable rate estimate (``losses.rate_bits``) reads."""
+        d2 = jnp.square(jnp.asarray(x, jnp.float32)[..., None] - self.centroids())
+        return jax.nn.softmax(-self.softness * d2, axis=-1)
+
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         c = self.centroids()
         d2 = jnp.square(jnp.asarray(x, jnp.float32)[..., None] - c)

@@ -157,13 +157,16 @@ RESULT_ROWS = (
     ("collapsed_centroids", "collapsed centroid groups"),
     ("remote_symbols_per_sample", "remote symbols / sample"),
     ("remote_entropy_bits_per_sample", "remote entropy bits / sample"),
+    ("exit_fraction", "early exits (threshold)"),
+    ("accuracy_with_exit", "accuracy with early exit"),
     ("train_seconds", "train seconds"),
 )
 
 
 def format_results(results: dict[str, Any]) -> str:
     lines = [
-        f"AgileNN results ({results.get('eval_split')}, {results.get('eval_samples')} samples)"
+        f"{results.get('method', 'agilenn')} results ({results.get('eval_split')}, "
+        f"{results.get('eval_samples')} samples)"
     ]
     for key, label in RESULT_ROWS:
         if key in results:

@@ -19,10 +19,10 @@ from clu import metric_writers
 
 from agilenn_jax import input_pipeline, layout, losses, xai
 from agilenn_jax.device_data import DeviceData
-from agilenn_jax.models import efficientnet_lite, num_local_channels
+from agilenn_jax.models import efficientnet_lite, method_of, num_local_channels
 from agilenn_jax.models.layers import COMPUTE_DTYPES
 from agilenn_jax.models.reference import REFERENCE_ARCHS
-from agilenn_jax.training import evaluation, stages
+from agilenn_jax.training import baselines, evaluation, stages
 from agilenn_jax.training.loop import Context
 from agilenn_jax.training.sharding import make_mesh
 
@@ -33,6 +33,8 @@ SECONDS_FILE = "train_seconds.json"
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Fail before any work on values that would otherwise break deep inside jit."""
     m, x, lo = config.model, config.xai, config.loss
+    if method_of(config) != "agilenn":
+        baselines.validate(config)
     num_local_channels(config)
     if len(m.extractor_channels) != len(m.extractor_strides):
         raise ValueError("model.extractor_channels and model.extractor_strides differ in length")
@@ -143,6 +145,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> d
     )
     t0 = time.time()
     try:
+        if method_of(config) != "agilenn":
+            return _run_baseline(config, ctx, workdir, mode, t0)
         if mode in ("all", "pretrain_reference"):
             _, done = stages.pretrain_reference(config, ctx, workdir)
             if not done or mode == "pretrain_reference":
@@ -158,20 +162,55 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> d
             seconds = _accumulate_seconds(workdir, 0.0, lead)
         results = evaluation.evaluate_agilenn(config, state, ctx)
         results["channel_perm"] = meta.get("channel_perm")
-        results["config"] = layout.config_to_dict(config)
-        results["train_seconds"] = seconds
-        writer.write_scalars(
-            int(state.step),
-            {
-                f"agilenn/{data.eval_name}/{k}": v
-                for k, v in results.items()
-                if isinstance(v, float)
-            },
-        )
-        if lead:
-            layout.write_json(os.path.join(workdir, layout.RESULTS_FILE), results)
-            print(evaluation.format_results(results), flush=True)
-        return results
+        return _finish(config, ctx, workdir, state, results, seconds)
     finally:
         writer.flush()
         writer.close()
+
+
+def _finish(
+    config: ml_collections.ConfigDict,
+    ctx: Context,
+    workdir: str,
+    state,
+    results: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    """Add the config and time, write the scalars, results.json (process 0) and the table."""
+    results["method"] = method_of(config)
+    results["config"] = layout.config_to_dict(config)
+    results["train_seconds"] = seconds
+    name = results["method"]
+    ctx.writer.write_scalars(
+        int(state.step),
+        {f"{name}/{ctx.data.eval_name}/{k}": v for k, v in results.items() if isinstance(v, float)},
+    )
+    if jax.process_index() == 0:
+        layout.write_json(os.path.join(workdir, layout.RESULTS_FILE), results)
+        print(evaluation.format_results(results), flush=True)
+    return results
+
+
+def _run_baseline(
+    config: ml_collections.ConfigDict, ctx: Context, workdir: str, mode: str, t0: float
+) -> dict[str, Any]:
+    """A baseline's one stage (``all``/``train``), then its evaluation (``all``/``evaluate``)."""
+    lead = jax.process_index() == 0
+    if mode == "pretrain_reference":
+        raise ValueError(f"method {method_of(config)} has no reference stage; use --mode=all")
+    if mode in ("all", "train"):
+        state, done = baselines.train(config, ctx, workdir)
+        seconds = _accumulate_seconds(workdir, time.time() - t0, lead)
+        if not done:
+            return {"stage": "model", "complete": False}
+    else:
+        state = baselines.load(config, workdir, ctx.mesh)
+        seconds = _accumulate_seconds(workdir, 0.0, lead)
+    return _finish(
+        config,
+        ctx,
+        workdir,
+        state,
+        baselines.evaluate_baseline(config, ctx=ctx, state=state),
+        seconds,
+    )

@@ -121,6 +121,8 @@ def base() -> ml_collections.ConfigDict:
     """CIFAR-10 at the paper's scale: every other variant (and quickstart/smoke) edits this."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # agilenn | edge_only | local_only | deepcod | spinn (the paper's baselines; compare.py)
+    c.method = "agilenn"
     c.data = dict(
         source="tfds",  # tfds | imagefolder | digits
         name="cifar10",
@@ -168,6 +170,18 @@ def base() -> ml_collections.ConfigDict:
         remat=False,  # jax.checkpoint each IG point: recompute in the outer gradient
         target="loss",  # loss | logit
         trust_correct_only=True,
+    )
+    c.baseline = dict(  # read only by the baselines (models/baselines.py); AgileNN ignores it
+        net_width=1.0,  # edge_only / local_only / spinn: MobileNetV2 width multiplier
+        stem_channels=32,  # their stem conv (before the width multiplier, as MobileNetV2's)
+        stem_stride=1,  # 1 for 32x32-sized inputs; 2 as ImageNet's MobileNetV2
+        split_block=2,  # spinn: inverted-residual blocks on the device before the split
+        exit_head=True,  # spinn: an early-exit classifier (GAP + dense) on the device
+        exit_weight=0.5,  # spinn: weight of the exit head's CE in the loss
+        exit_threshold=0.9,  # spinn: exit on the device when its softmax max reaches this
+        rate_weight=0.0,  # deepcod / spinn: loss += rate_weight * estimated bits per symbol
+        image_codec="png",  # edge_only: png | lzw | jpeg | webp | raw (serving/image_codec.py)
+        image_quality=90,  # edge_only: jpeg / webp quality
     )
     c.loss = dict(lam=0.8, rho=0.8, disorder="channel")  # disorder: channel | element
     c.preselect = dict(enabled=True, num_samples=5000)

@@ -256,11 +256,13 @@ def collect(paths: Sequence[str]) -> tuple[list[Run], list[tuple[str, str]]]:
 
 
 def latency(run: Run, mhz: int, link: Link) -> dict[str, float]:
-    """The breakdown in ms, deterministic (no packet loss): what the paper's Fig 16 stacks."""
+    """The breakdown in ms, deterministic (no packet loss): what the paper's Fig 16 stacks.
+    ``bytes_per_sample``, ``encode_ms_at_mhz`` and ``server_ms`` are per *offloaded* sample, so
+    all three are weighted by the offload fraction (SPINN's early exits skip them)."""
     share = run.offload_fraction
     parts = {
         "local": run.ms_at_mhz[mhz],
-        "compress": run.encode_ms_at_mhz[mhz],
+        "compress": share * run.encode_ms_at_mhz[mhz],
         "network": share * (run.bytes_per_sample * 8 / link.bandwidth_bps + link.rtt_s) * 1e3,
         "server": share * run.server_ms,
     }

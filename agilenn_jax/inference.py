@@ -12,6 +12,7 @@ import functools
 import os
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,7 +20,7 @@ import numpy as np
 
 from agilenn_jax import input_pipeline, layout
 from agilenn_jax.checkpoint import Checkpointer, CheckpointError
-from agilenn_jax.models import AgileNN, build_agilenn
+from agilenn_jax.models import build_model, method_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +29,7 @@ class TrainedRun:
 
     workdir: str
     config: ml_collections.ConfigDict
-    model: AgileNN
+    model: nn.Module  # AgileNN, or a baseline (config.method)
     variables: dict[str, Any]  # {"params", "batch_stats"} as host arrays
     meta: dict[str, Any]  # saved with the checkpoint (Algorithm 1's channel order, ...)
     step: int
@@ -42,7 +43,7 @@ class TrainedRun:
         return np.asarray(self.model.apply(self.variables, method="centroids"))
 
 
-def _check_matches(model: AgileNN, config, variables: dict[str, Any], where: str) -> None:
+def _check_matches(model: nn.Module, config, variables: dict[str, Any], where: str) -> None:
     size = int(config.data.image_size)
     expected = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
@@ -57,21 +58,24 @@ def _check_matches(model: AgileNN, config, variables: dict[str, Any], where: str
 
 
 def load_run(workdir: str, depthwise_impl: str | None = None) -> TrainedRun:
-    """The last AgileNN checkpoint of ``workdir`` with the model its config describes.
+    """The last checkpoint of ``workdir`` with the model its config describes (AgileNN's
+    ``agilenn/`` stage, or a baseline's ``model/``).
 
     ``depthwise_impl`` overrides the config's (the TFLite export needs the grouped conv). The
     model is float32 whatever ``model.dtype`` the run trained in: the parameters are float32
     either way, and export, serving and the device reference all compute in float32.
     """
     config = layout.read_config(workdir)
-    ckpt_dir = os.path.join(workdir, layout.AGILENN_DIR)
+    method = method_of(config)
+    stage = layout.AGILENN_DIR if method == "agilenn" else layout.MODEL_DIR
+    ckpt_dir = os.path.join(workdir, stage)
     ckpt = Checkpointer(ckpt_dir)
     try:
-        step = ckpt.require_latest("AgileNN", layout.TRAIN_FIRST)
+        step = ckpt.require_latest("AgileNN" if method == "agilenn" else method, layout.TRAIN_FIRST)
         saved, meta = ckpt.restore_subtree(("step", "params", "batch_stats"), step)
     finally:
         ckpt.close()
-    model = build_agilenn(config, depthwise_impl, dtype="float32")
+    model = build_model(config, depthwise_impl, dtype="float32")
     variables = {"params": saved["params"], "batch_stats": saved["batch_stats"]}
     _check_matches(model, config, variables, ckpt_dir)
     return TrainedRun(
@@ -106,18 +110,20 @@ def held_out_images(config: ml_collections.ConfigDict, n: int) -> tuple[np.ndarr
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def forward(model: AgileNN, variables: dict[str, Any], images: jax.Array) -> dict[str, jax.Array]:
+def forward(model: nn.Module, variables: dict[str, Any], images: jax.Array) -> dict[str, jax.Array]:
     """The whole model in inference mode: logits, local/remote logits, indices, features."""
     return model.apply(variables, images, train=False)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def device_indices(model: AgileNN, variables: dict[str, Any], images: jax.Array) -> jax.Array:
+def device_indices(model: nn.Module, variables: dict[str, Any], images: jax.Array) -> jax.Array:
     """The quantizer indices the device sends for ``images`` (float model)."""
     return model.apply(variables, images, method="device")["indices"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def remote_logits(model: AgileNN, variables: dict[str, Any], indices: jax.Array) -> jax.Array:
-    """What the server computes: centroid lookup of the received indices, then the remote NN."""
+def remote_logits(model: nn.Module, variables: dict[str, Any], indices: jax.Array) -> jax.Array:
+    """What the server computes from what the device sent (``model.serve``): for AgileNN and the
+    DeepCOD/SPINN-style baselines, centroid lookup of the indices and the remote NN; for
+    Edge-only, the whole network on the decoded uint8 image."""
     return model.apply(variables, indices, method="serve")

@@ -17,7 +17,7 @@ from absl import app, flags, logging  # noqa: E402
 from agilenn_jax import inference, layout  # noqa: E402
 from agilenn_jax.checkpoint import CheckpointError  # noqa: E402
 from agilenn_jax.input_pipeline import DatasetError  # noqa: E402
-from agilenn_jax.serving import client, codec, evaluation  # noqa: E402
+from agilenn_jax.serving import client, codec, evaluation, image_codec  # noqa: E402
 
 _EXPORT = flags.DEFINE_string("export_dir", None, "Export dir written by launch/export.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir (default: from the report).")
@@ -36,6 +36,20 @@ _KEYS = flags.DEFINE_string("keys_file", None, "Key file holding this device's k
 _DEVICE_ID = flags.DEFINE_integer("device_id", 0, "This device's id in the key file.")
 _OUT = flags.DEFINE_string("output", None, "Write the JSON report here.")
 flags.mark_flag_as_required("export_dir")
+
+
+def variant_of(config) -> str:
+    """The run's label within its method in launch.compare (what distinguishes its variants)."""
+    b, method = config.get("baseline"), config.get("method", "agilenn")
+    if method == "edge_only":
+        return image_codec.image_codec_name(b.image_codec, b.image_quality)
+    if method == "deepcod":
+        return f"rate={b.rate_weight:g}"
+    if method == "spinn":
+        return f"b={b.split_block}" + (f",exit@{b.exit_threshold:g}" if b.exit_head else "")
+    if method == "local_only":
+        return f"width={b.net_width:g}"
+    return ""
 
 
 def main(argv):
@@ -62,11 +76,21 @@ def main(argv):
             _TIMEOUT.value,
             credentials=creds,
         )
-        images, labels = inference.held_out_images(layout.read_config(workdir), _N.value)
-        report = evaluation.run_device(device, workdir, images, labels)
+        config = layout.read_config(workdir)
+        images, labels = inference.held_out_images(config, _N.value)
+        if device.method == "agilenn":
+            report = evaluation.run_device(device, workdir, images, labels)
+        else:
+            report = evaluation.run_baseline_device(device, workdir, images, labels)
+        report["workdir"] = os.path.abspath(workdir)
     except (OSError, ValueError, CheckpointError, DatasetError) as e:
         sys.exit(f"error: {e}")
-    print(evaluation.format_device_report(report), flush=True)
+    if device.method == "agilenn":
+        print(evaluation.format_device_report(report), flush=True)
+    else:
+        print(evaluation.format_baseline_report(report), flush=True)
+    summary = evaluation.method_summary(device, report, config, variant_of(config))
+    layout.write_json(os.path.join(_EXPORT.value, "method_summary.json"), summary)
     if report["fallbacks"]:
         print(
             f"WARNING: {report['fallbacks']} samples fell back to the local prediction "

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from agilenn_jax.models import num_local_channels
 from agilenn_jax.models.layers import same_output_size
@@ -40,6 +41,33 @@ def layer_macs(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     rows.append(
         {"layer": "local_dense", "op": "FULLY_CONNECTED", "macs": k * int(config.data.num_classes)}
     )
+    return rows
+
+
+def tflite_layer_macs(model: bytes) -> list[dict[str, Any]]:
+    """MACs (or touched elements) per operator of any TFLite model, from its tensor shapes:
+    what ``latency_estimate`` prices for a baseline's device part (``layer_macs`` derives the
+    same from AgileNN's config)."""
+    from agilenn_jax.deploy.tflite import interpreter
+
+    it = interpreter(model)
+    shapes = {t["index"]: tuple(int(d) for d in t["shape"]) for t in it.get_tensor_details()}
+    rows = []
+    for i, op in enumerate(it._get_ops_details()):
+        kind, ins, outs = op["op_name"], list(op["inputs"]), list(op["outputs"])
+        out = int(np.prod(shapes[outs[0]])) if outs else 0
+        name = f"{i}:{kind.lower()}"
+        if kind == "CONV_2D":  # weights [Cout, kh, kw, Cin]
+            _, kh, kw, cin = shapes[ins[1]]
+            rows.append({"layer": name, "op": kind, "macs": out * kh * kw * cin})
+        elif kind == "DEPTHWISE_CONV_2D":  # weights [1, kh, kw, C]
+            _, kh, kw, _ = shapes[ins[1]]
+            rows.append({"layer": name, "op": kind, "macs": out * kh * kw})
+        elif kind == "FULLY_CONNECTED":  # weights [out, in]
+            rows.append({"layer": name, "op": kind, "macs": out * shapes[ins[1]][1]})
+        elif kind not in ("RESHAPE", "SLICE", "SQUEEZE", "EXPAND_DIMS"):  # views cost nothing
+            touched = max(out, *(int(np.prod(shapes[t])) for t in ins if t >= 0 and t in shapes))
+            rows.append({"layer": name, "op": kind, "elements": touched})
     return rows
 
 

@@ -18,10 +18,10 @@ import numpy as np
 
 from agilenn_jax import inference, input_pipeline, layout
 from agilenn_jax.checkpoint import CheckpointError
-from agilenn_jax.deploy import cost, tflite, tflm_app
+from agilenn_jax.deploy import baseline_export, cost, tflite, tflm_app
 from agilenn_jax.deploy.int8 import dequantize, indices_from_int8, int8_thresholds
 from agilenn_jax.deploy.tflm import TFLMRunner
-from agilenn_jax.models import combine, local
+from agilenn_jax.models import combine, local, method_of
 from agilenn_jax.models.agilenn import feature_shape
 from agilenn_jax.models.quantizer import collapsed_centroids, tied_centroids
 from agilenn_jax.serving import codec
@@ -97,6 +97,13 @@ def export(
     except (FileNotFoundError, CheckpointError, ValueError) as e:
         raise ExportError(str(e)) from None
     config = run.config
+    if method_of(config) != "agilenn":
+        try:
+            return baseline_export.export_baseline(
+                run, output_dir, num_calibration, num_verify, allow_over_budget
+            )
+        except baseline_export.BaselineExportError as e:
+            raise ExportError(str(e)) from None
     data = input_pipeline.load(config.data, config.seed)
     pipe = input_pipeline.Pipeline(config.data, config.seed)
     calib, _ = inference.first_images(pipe, data.train, num_calibration)
@@ -246,6 +253,8 @@ def verify_device_model(
 
 
 def format_report(report: dict[str, Any]) -> str:
+    if report.get("method", "agilenn") != "agilenn":
+        return baseline_export.format_report(report)
     b, v, lat = report["budget"], report["verification"], report["latency_estimate"]
     lines = [
         "AgileNN device export",

@@ -91,6 +91,24 @@ def convert(
         return _converter(tf_fn, None), _converter(tf_fn, calib)
 
 
+def convert_function(fn: Callable, image_size: int, calib: np.ndarray) -> tuple[bytes, bytes]:
+    """jax2tf -> float32 and full-int8 TFLite of ``fn`` (image [1, S, S, 3] -> one array or a
+    tuple), lowered whole: the baselines' device parts (a whole MobileNetV2, an encoder, an
+    encoder + exit head). ``fn`` closes over the trained variables on purpose (see ``convert``).
+    """
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tf_fn = tf.function(
+            jax2tf.convert(fn, with_gradient=False, native_serialization=False, enable_xla=False),
+            autograph=False,
+            input_signature=[tf.TensorSpec((1, image_size, image_size, 3), tf.float32)],
+        )
+        return _converter(tf_fn, None), _converter(tf_fn, calib)
+
+
 def interpreter(model: bytes):
     """The reference TFLite interpreter (builtin kernels only, no delegates)."""
     import tensorflow as tf
@@ -115,13 +133,23 @@ def check_tflm_ops(ops: list[str]) -> None:
 
 def output_positions(it) -> list[int]:
     """Positions of (local logits [1, K], remote features [1, h, w, c]) among the model's
-    outputs: the converter does not keep the JAX function's output order, ranks tell them apart."""
+    outputs: the converter does not keep the JAX function's output order, ranks tell them apart.
+    A baseline's device model may have only one of the two."""
     outs = it.get_output_details()
     return sorted(range(len(outs)), key=lambda i: len(outs[i]["shape"]))
 
 
+def output_names(it) -> list[str]:
+    """``local_logits`` (rank 2) / ``remote_features`` (rank 4), in ``output_positions`` order."""
+    outs = it.get_output_details()
+    return [
+        "local_logits" if len(outs[i]["shape"]) == 2 else "remote_features"
+        for i in output_positions(it)
+    ]
+
+
 def quant_params(model: bytes) -> dict[str, Any]:
-    """Scale and zero point of the int8 model's input and both outputs."""
+    """Scale and zero point of the int8 model's input and its outputs (by name)."""
     it = interpreter(model)
     outs = it.get_output_details()
     pos = output_positions(it)
@@ -129,12 +157,8 @@ def quant_params(model: bytes) -> dict[str, Any]:
     def q(d):
         return {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}
 
-    return {
-        "input": q(it.get_input_details()[0]),
-        "local_logits": q(outs[pos[0]]),
-        "remote_features": q(outs[pos[1]]),
-        "output_positions": pos,
-    }
+    named = {name: q(outs[i]) for name, i in zip(output_names(it), pos, strict=True)}
+    return {"input": q(it.get_input_details()[0]), **named, "output_positions": pos}
 
 
 def run_interpreter(it, x: np.ndarray, qp: dict[str, Any] | None = None):

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from agilenn_jax.deploy.cost import CLOCKS_MHZ
 from agilenn_jax.deploy.int8 import dequantize, indices_from_int8
 from agilenn_jax.deploy.tflm import TFLMRunner
 from agilenn_jax.models import combine
-from agilenn_jax.serving import protocol
+from agilenn_jax.serving import image_codec, protocol
 from agilenn_jax.serving.protocol import LEN, OK, decode_reply
 from agilenn_jax.serving.server import load_codec
 
@@ -154,8 +155,47 @@ def mcu_estimate(export_dir: str) -> tuple[float, bool, str]:
     return ms, False, "export cost model (cycles per MAC, uncalibrated; no firmware report)"
 
 
+ENCODER_CYCLES_PER_SYMBOL = 22.0  # the generated C ctx encoder: 22 instructions/symbol (QEMU)
+
+
+def device_cost(export_dir: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The device's compute and compression time per sample at each MCU clock, from one cost
+    model for every method: the export's cycles-per-MAC estimate of the device network, plus
+    the encoder (``ENCODER_CYCLES_PER_SYMBOL`` per index, measured on AgileNN's generated
+    encoder; an image format's assumed cycles per byte for Edge-only). Estimates, not a board.
+    """
+    with open(os.path.join(export_dir, "export_report.json")) as f:
+        report = json.load(f)
+    lat = report["latency_estimate"]
+    method = meta.get("method", "agilenn")
+    if method == "edge_only":
+        encode_cycles = image_codec.encode_cost_cycles(
+            meta["image_codec"], int(np.prod(meta["remote_shape"]))
+        )
+    elif method == "local_only":
+        encode_cycles = 0.0
+    else:
+        encode_cycles = ENCODER_CYCLES_PER_SYMBOL * float(np.prod(meta["remote_shape"]))
+    budget = report["budget"]
+    return {
+        "macs": int(sum(r.get("macs", 0) for r in report["layers"])),
+        "flash_bytes": int(budget["flash_bytes"]),
+        "arena_bytes": int(budget["arena_bytes"]),
+        "over_budget": list(report.get("over_budget", [])),
+        "ms_at_mhz": {str(m): float(lat[f"ms_at_{m}mhz"]) for m in CLOCKS_MHZ},
+        "encode_ms_at_mhz": {str(m): encode_cycles / (m * 1e3) for m in CLOCKS_MHZ},
+        "source": "export cost model (cycles per MAC, deploy/cost.py) + encoder estimate "
+        f"({ENCODER_CYCLES_PER_SYMBOL:g} cycles/index, or the image format's cycles/byte)",
+    }
+
+
 class Device:
-    """Plays the MCU: int8 device model on TFLM, index lookup, encode, send, combine."""
+    """Plays the MCU: int8 device model on TFLM, index lookup, encode, send, combine.
+
+    Any method's export: AgileNN combines local and remote logits; DeepCOD-/SPINN-style send the
+    quantized activation and take the server's prediction (SPINN exits early on the device when
+    its head is confident); Edge-only sends its 8-bit image; local-only never sends anything.
+    """
 
     def __init__(
         self,
@@ -168,40 +208,85 @@ class Device:
         seed: int = 0,
         credentials: Credentials | None = None,
     ):
-        with open(os.path.join(export_dir, "device_int8.tflite"), "rb") as f:
-            self.runner = TFLMRunner(f.read())
         self.codec, self.meta = load_codec(export_dir, coder)
+        self.method = self.meta["method"]
+        self.runner = None
+        if self.method != "edge_only":
+            with open(os.path.join(export_dir, "device_int8.tflite"), "rb") as f:
+                self.runner = TFLMRunner(f.read())
         self.mcu_local_ms, self.mcu_includes_encoder, self.mcu_source = mcu_estimate(export_dir)
-        self.thresholds = np.asarray(self.meta["int8_thresholds"])
+        self.cost = device_cost(export_dir, self.meta)
+        if self.method != "agilenn":  # one cost model for every baseline (see device_cost)
+            self.mcu_local_ms = self.cost["ms_at_mhz"]["216"] + self.cost["encode_ms_at_mhz"]["216"]
+            self.mcu_includes_encoder, self.mcu_source = True, self.cost["source"]
+        thresholds = self.meta.get("int8_thresholds")
+        self.thresholds = None if thresholds is None else np.asarray(thresholds)
         self.alpha = float(self.meta["alpha"])
+        self.exit_threshold = self.meta.get("exit_threshold")
         self.link = link
         self.client = RemoteClient(host, port, timeout_s, credentials)
         self.rng = np.random.default_rng(seed)
 
-    def local(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """(dequantized local logits, centroid indices, host ms) for one image [1, H, W, 3]."""
+    def local(self, image: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, float]:
+        """(dequantized device logits or None, what to send or None, host ms) for one image
+        [1, H, W, 3]: centroid indices, or the 8-bit image for Edge-only."""
         t0 = time.perf_counter()
-        logits_q, feat_q = self.runner(image)
+        if self.runner is None:  # edge_only: the camera's 8-bit image is the payload
+            m = self.meta
+            x = np.asarray(image[0], np.float64) * np.asarray(m["std"]) + np.asarray(m["mean"])
+            payload = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+            return None, payload, 1e3 * (time.perf_counter() - t0)
+        outs = self.runner(image)
         host_ms = 1e3 * (time.perf_counter() - t0)
-        logits = dequantize(logits_q, self.meta["quant"]["local_logits"])[0]
-        idx = indices_from_int8(feat_q, self.thresholds)[0]
+        names = [n for n in self.meta["quant"] if n in ("local_logits", "remote_features")]
+        got = dict(zip(names, outs, strict=True))
+        logits = None
+        if "local_logits" in got:
+            logits = dequantize(got["local_logits"], self.meta["quant"]["local_logits"])[0]
+        idx = None
+        if "remote_features" in got:
+            idx = indices_from_int8(got["remote_features"], self.thresholds)[0]
         return logits, idx, host_ms
 
     def infer(self, image: np.ndarray) -> dict[str, Any]:
         return self.offload(*self.local(image))
 
-    def offload(self, local_logits: np.ndarray, idx: np.ndarray, host_ms: float) -> dict[str, Any]:
+    def exits_locally(self, local_logits: np.ndarray | None) -> bool:
+        """Local-only always; SPINN when its exit head's softmax max reaches the threshold."""
+        if self.method == "local_only":
+            return True
+        if self.exit_threshold is None or local_logits is None:
+            return False
+        e = np.exp(local_logits - np.max(local_logits))
+        return bool(np.max(e / e.sum()) >= self.exit_threshold)
+
+    def offload(
+        self, local_logits: np.ndarray | None, idx: np.ndarray | None, host_ms: float
+    ) -> dict[str, Any]:
         """Encode, send and combine, given the device model's output for one sample."""
+        out = {"local_host_ms": host_ms, "local_mcu_est_ms": self.mcu_local_ms}
+        if self.exits_locally(local_logits):
+            out.update(
+                encode_ms=0.0,
+                bytes=0,
+                transmit_ms=0.0,
+                round_trip_ms=0.0,
+                server_ms=0.0,
+                prediction=int(np.argmax(local_logits)),
+                fallback=False,
+                offloaded=False,
+                total_ms=self.cost["ms_at_mhz"]["216"],
+            )
+            return out
         t0 = time.perf_counter()
         frame = self.codec.encode(idx)
         encode_ms = 1e3 * (time.perf_counter() - t0)
-        out = {
-            "local_host_ms": host_ms,
-            "local_mcu_est_ms": self.mcu_local_ms,
-            "encode_ms": encode_ms,
-            "bytes": len(frame),
-            "transmit_ms": 1e3 * self.link.transmit_seconds(len(frame), self.rng),
-        }
+        out.update(
+            encode_ms=encode_ms,
+            bytes=len(frame),
+            transmit_ms=1e3 * self.link.transmit_seconds(len(frame), self.rng),
+            offloaded=True,
+        )
         t0 = time.perf_counter()
         try:
             status, server_ms, data = self.client.request(frame)
@@ -212,10 +297,13 @@ class Device:
         out["round_trip_ms"] = 1e3 * (time.perf_counter() - t0)
         out["server_ms"] = server_ms
         if status == OK:
-            out.update(prediction=int(np.argmax(combine(local_logits, data, self.alpha))))
-            out["fallback"] = False
-        else:
-            out.update(prediction=int(np.argmax(local_logits)), fallback=True, reason=str(data))
+            pred = data if local_logits is None or self.method != "agilenn" else None
+            if pred is None:
+                pred = combine(local_logits, data, self.alpha)
+            out.update(prediction=int(np.argmax(pred)), fallback=False)
+        else:  # no server: the device's own prediction if it has one, else none (-1)
+            local = -1 if local_logits is None else int(np.argmax(local_logits))
+            out.update(prediction=local, fallback=True, reason=str(data))
         out["total_ms"] = (
             out["local_mcu_est_ms"]
             + (0.0 if self.mcu_includes_encoder else encode_ms)

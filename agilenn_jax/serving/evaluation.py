@@ -116,3 +116,87 @@ def format_device_report(r: dict[str, Any]) -> str:
         f"{r['static_model_bytes_per_sample']:.1f})"
     )
     return "\n".join(lines)
+
+
+def run_baseline_device(
+    device: Device, workdir: str, images: np.ndarray, labels: np.ndarray, progress_every: int = 100
+) -> dict[str, Any]:
+    """A baseline's deployment on held-out samples: TFLM (or the image) -> codec -> socket ->
+    server, against the same deployed model with the server's network run in-process."""
+    remote = RemoteModel(workdir, max_batch=1) if device.codec is not None else None
+    rows, offline = [], []
+    for i, img in enumerate(images):
+        logits, payload, host_ms = device.local(img[None])
+        row = device.offload(logits, payload, host_ms)
+        rows.append(row)
+        if row["offloaded"]:
+            if device.method == "edge_only":  # the server sees the decoded image
+                payload = device.codec.decode(device.codec.encode(payload))
+            offline.append(int(np.argmax(remote(payload[None])[0])))
+        else:
+            offline.append(row["prediction"])
+        if progress_every and (i + 1) % progress_every == 0:
+            logging.warning("device: %d/%d samples", i + 1, len(images))
+    preds = np.asarray([r["prediction"] for r in rows])
+    offloaded = [r for r in rows if r["offloaded"]]
+
+    def mean(key: str, subset: list[dict[str, Any]]) -> float:
+        return float(np.mean([r[key] for r in subset])) if subset else 0.0
+
+    latency_keys = ("local_host_ms", "encode_ms", "transmit_ms", "server_ms", "round_trip_ms")
+    return {
+        "method": device.method,
+        "samples": len(images),
+        "link": dataclasses.asdict(device.link),
+        "accuracy": float(np.mean(preds == labels)),
+        "offline_accuracy": float(np.mean(np.asarray(offline) == labels)),
+        "same_predictions_as_offline": float(np.mean(preds == np.asarray(offline))),
+        "fallbacks": int(sum(r["fallback"] for r in rows)),
+        "offload_fraction": len(offloaded) / len(rows),
+        "latency_ms": {
+            "local_mcu_est_ms": device.mcu_local_ms,
+            **{k: mean(k, offloaded) for k in latency_keys},
+            "total_ms": mean("total_ms", rows),
+        },
+        "mcu_estimate_source": device.mcu_source,
+        "mcu_estimate_includes_encoder": device.mcu_includes_encoder,
+        "bytes_per_sample": mean("bytes", offloaded),  # per offloaded sample
+    }
+
+
+def method_summary(
+    device: Device, report: dict[str, Any], config: Any, variant: str = ""
+) -> dict[str, Any]:
+    """The run's one line in ``launch.compare`` (its ``method_summary.json`` contract)."""
+    size = int(config.data.image_size)
+    offloaded = report.get("offload_fraction", 1.0)
+    server_ms = report["latency_ms"]["server_ms"]
+    return {
+        "method": device.method,
+        "variant": variant,
+        "dataset": str(config.data.name),
+        "seed": int(config.seed),
+        "workdir": report.get("workdir", ""),
+        "samples": int(report["samples"]),
+        "accuracy": float(report["accuracy"]),
+        "bytes_per_sample": float(report["bytes_per_sample"]) if offloaded else 0.0,
+        "raw_image_bytes": size * size * 3,
+        "offload_fraction": float(offloaded),
+        "device": device.cost,
+        "server_ms": float(server_ms),
+    }
+
+
+def format_baseline_report(r: dict[str, Any]) -> str:
+    lat = r["latency_ms"]
+    return "\n".join(
+        [
+            f"{r['method']} device run over {r['link']['name']} ({r['samples']} samples)",
+            f"  accuracy {r['accuracy']:.4f} (offline {r['offline_accuracy']:.4f}, same "
+            f"prediction on {100 * r['same_predictions_as_offline']:.1f}% of samples), "
+            f"fallbacks {r['fallbacks']}, offloaded {100 * r['offload_fraction']:.1f}%",
+            f"  bytes per offloaded sample {r['bytes_per_sample']:.1f}",
+            "  latency (ms, mean): " + ", ".join(f"{k}={v:.2f}" for k, v in lat.items()),
+            f"  MCU time from: {r['mcu_estimate_source']}",
+        ]
+    )

@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from agilenn_jax import inference
-from agilenn_jax.serving import codec, protocol
+from agilenn_jax.serving import codec, image_codec, protocol
 from agilenn_jax.serving.protocol import (
     BAD_FRAME,
     BUSY,
@@ -246,15 +246,31 @@ class Server:
             self.stats["batches"] += 1
 
 
-def load_codec(export_dir: str, coder: str = "range") -> tuple[codec.Codec, dict]:
-    """The codec an export describes (probabilities, k, the model's feature-map shape)."""
+def load_meta(export_dir: str) -> dict:
+    """The export's ``device_meta.json`` (``method`` is agilenn when absent: older exports)."""
     meta_path = os.path.join(export_dir, DEVICE_META_FILE)
-    model_path = os.path.join(export_dir, CODEC_MODEL_FILE)
-    for p in (meta_path, model_path):
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"{p} not found: run launch/export.py on the workdir first")
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"{meta_path} not found: run launch/export.py on the workdir first")
     with open(meta_path) as f:
         meta = json.load(f)
+    meta.setdefault("method", "agilenn")
+    return meta
+
+
+def load_codec(
+    export_dir: str, coder: str = "range"
+) -> tuple[codec.Codec | image_codec.ImageCodec | None, dict]:
+    """The codec an export describes (probabilities, k, the model's feature-map shape); for
+    Edge-only the image codec, for local-only None (nothing is sent)."""
+    meta = load_meta(export_dir)
+    if meta["method"] == "local_only":
+        return None, meta
+    if meta["method"] == "edge_only":
+        shape = tuple(meta["remote_shape"])
+        return image_codec.ImageCodec(meta["image_codec"], shape, meta["image_quality"]), meta
+    model_path = os.path.join(export_dir, CODEC_MODEL_FILE)
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(f"{model_path} not found: run launch/export.py on the workdir")
     model = codec.ProbabilityModel.load(model_path)
     return codec.Codec(model, meta["k"], coder, tuple(meta["remote_shape"])), meta
 
@@ -274,6 +290,10 @@ async def serve(
 ) -> dict[str, int]:
     """Run until SIGTERM/SIGINT; returns the server's counters."""
     codec_, meta = load_codec(export_dir)
+    if codec_ is None:
+        raise ValueError(
+            f"{export_dir} is a {meta['method']} export: nothing is offloaded to serve"
+        )
     keyring = protocol.KeyRing(protocol.load_keys(keys_file)) if keys_file else None
     remote = RemoteModel(workdir, max_batch)
     remote.warmup(tuple(meta["remote_shape"]))

@@ -1,14 +1,19 @@
-"""Shared test fixtures: the smoke config, shrunk further where a test needs it, a fake data
-set with one smoke-sized batch, and a runner for code that needs 8 host devices."""
+"""Shared test fixtures: the smoke config (and its baselines), shrunk further where a test needs
+it, a fake data set with one smoke-sized batch, a server on a background thread, and a runner for
+code that needs 8 host devices."""
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 
 from agilenn_jax import input_pipeline
-from experiments.configs import smoke
+from agilenn_jax.serving import server
+from experiments.configs import compare, smoke
 from tests.conftest import ROOT
 
 
@@ -17,6 +22,39 @@ def smoke_config(**train_overrides):
     for key, value in train_overrides.items():
         c.train[key] = value
     return c
+
+
+def smoke_baseline_config(method: str, **overrides):
+    """The smoke config turned into ``method`` the way experiments/configs/compare.py does."""
+    c = smoke.get_config()
+    with c.unlocked():
+        compare.apply_method(c, method, paper_scale=False)
+    c.baseline.split_block = 1  # the smoke stack has two blocks
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        c[section][field] = value
+    return c
+
+
+@contextlib.contextmanager
+def serving(srv: server.Server):
+    """Run ``srv`` on its own event loop in a background thread; yields the bound port."""
+    loop = asyncio.new_event_loop()
+    port = loop.run_until_complete(srv.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
 
 
 def fake_data_and_batch(batch_size: int = 64) -> tuple[input_pipeline.Data, dict]:

@@ -1,6 +1,5 @@
 import ast
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -10,7 +9,6 @@ import stat
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +19,7 @@ import pytest
 from agilenn_jax.deploy import export
 from agilenn_jax.serving import client, codec, evaluation, protocol, server
 from tests.conftest import ROOT
+from tests.helpers import serving
 
 LOCALHOST = "127.0.0.1"
 
@@ -63,27 +62,6 @@ def _closed_by_peer(sock) -> bool:
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
-
-
-@contextlib.contextmanager
-def serving(srv: server.Server):
-    """Run ``srv`` on its own event loop in a background thread; yields the bound port."""
-    loop = asyncio.new_event_loop()
-    port = loop.run_until_complete(srv.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield port
-    finally:
-        asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.close()
 
 
 def test_server_survives_fuzz_then_answers_correctly(trained_workdir, exported_dir):

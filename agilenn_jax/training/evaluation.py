@@ -145,6 +145,13 @@ def evaluate_agilenn(
     }
 
 
+LABELS = {
+    "agilenn": "AgileNN",
+    "edge_only": "Edge-only",
+    "local_only": "Local-only",
+    "deepcod": "DeepCOD-style",
+    "spinn": "SPINN-style",
+}
 RESULT_ROWS = (
     ("test_accuracy", "accuracy (combined)"),
     ("local_only_accuracy", "local NN only"),
@@ -165,7 +172,7 @@ RESULT_ROWS = (
 
 def format_results(results: dict[str, Any]) -> str:
     lines = [
-        f"{results.get('method', 'agilenn')} results ({results.get('eval_split')}, "
+        f"{LABELS.get(results.get('method', 'agilenn'))} results ({results.get('eval_split')}, "
         f"{results.get('eval_samples')} samples)"
     ]
     for key, label in RESULT_ROWS:

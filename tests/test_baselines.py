@@ -94,6 +94,11 @@ def test_compare_configs_are_the_agilenn_config_plus_the_method_edits():
         assert c.method == method and c.reference_train.epochs == 0
         assert c.train.to_dict() == ag.train.to_dict()  # same optimiser and epochs
         assert c.data.to_dict() == ag.data.to_dict()
+    for dataset in ("cifar10", "cifar100", "svhn", "tiny_imagenet"):
+        for method in ("agilenn", *BASELINES):
+            c = compare_configs.get_config(f"method={method},dataset={dataset},scale=paper")
+            experiment.validate_config(c)
+            assert c.train.epochs == 200 and c.data.image_size == 96
     paper = compare_configs.get_config("method=local_only,dataset=svhn,scale=paper")
     assert paper.data.image_size == 96 and paper.baseline.stem_stride == 2
     with pytest.raises(ValueError, match="sweep=rate needs"):

@@ -31,9 +31,18 @@ scale=paper (GPU; 96x96, the paper's networks, 200 epochs; edge_only/local_only/
     python -m launch.main \
         --config=experiments/configs/compare.py:method=spinn,dataset=svhn,scale=paper \
         --workdir=/tmp/spinn_svhn
-  Not run: no GPU was available to this project. Each baseline's cost per step is at most
-  AgileNN's without IG (the XAI step costs AgileNN 3-4x, paper), so expect <= AgileNN's 6-10 h
-  per run on one A100/H100 (paper.py's docstring).
+  Not run: no GPU was available to this project, so these runtimes are estimates, not
+  measurements. A baseline's step has no IG and no reference NN; the paper puts the XAI step at
+  3-4x a plain step, so one baseline run should take about a third of AgileNN's (paper.py's
+  docstring) on one A100/H100, the same 200 epochs:
+    dataset=cifar10   AgileNN ~6-8 h (50 + 200 epochs)   each baseline ~2-3 h
+    dataset=cifar100  AgileNN ~6-8 h                     each baseline ~2-3 h
+    dataset=svhn      AgileNN ~8-10 h (73k images)       each baseline ~3-4 h
+    dataset=tiny_imagenet (64x64 -> 96x96, 100k images; prepare as in paper.py)
+                      AgileNN ~12 h                      each baseline ~4-5 h
+  Edge-only's server is a full MobileNetV2 on 96x96 images: its step is the heaviest of the
+  baselines (no extractor stride 3 in front); local_only's width 0.35 must still pass the
+  export's flash/arena check, which launch.export reports.
 
 Sweep (``get_sweep``; ``seeds=N`` seeds each, default 3). The methods themselves are not a
 sweep: a method is a variant of this file (its edits differ), run one by one by compare.sh.

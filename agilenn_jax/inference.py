@@ -78,6 +78,7 @@ def load_run(workdir: str, depthwise_impl: str | None = None) -> TrainedRun:
     model = build_model(config, depthwise_impl, dtype="float32")
     variables = {"params": saved["params"], "batch_stats": saved["batch_stats"]}
     _check_matches(model, config, variables, ckpt_dir)
+    variables = ascending_centroids(variables)
     return TrainedRun(
         workdir=os.path.abspath(workdir),
         config=config,
@@ -86,6 +87,26 @@ def load_run(workdir: str, depthwise_impl: str | None = None) -> TrainedRun:
         meta=meta,
         step=int(saved["step"]),
     )
+
+
+def ascending_centroids(variables: dict[str, Any]) -> dict[str, Any]:
+    """The same model with its quantizer's centroids relabelled in ascending order.
+
+    Training may move centroids past each other (a strong rate term does). Labels are arbitrary:
+    the remote NN sees centroid *values*, so sorting the centroid parameters changes no output,
+    only which index names which value; and with ascending centroids the device's argmin is the
+    int8 threshold count of ``deploy.int8``. Export, server and client all load through here,
+    so they agree on the labels. Variables without a quantizer are returned as they are.
+    """
+    quant = variables["params"].get("quantizer")
+    if quant is None:
+        return variables
+    logits = np.asarray(quant["centroid_logits"])
+    order = np.argsort(logits, kind="stable")
+    if np.array_equal(order, np.arange(len(order))):
+        return variables
+    params = {**variables["params"], "quantizer": {**quant, "centroid_logits": logits[order]}}
+    return {**variables, "params": params}
 
 
 def first_images(

@@ -176,3 +176,26 @@ def test_over_budget_device_is_refused_or_recorded_loudly(deployed, tmp_path, mo
     )
     assert report["over_budget"] == ["flash"]
     assert "DOES NOT FIT: flash" in export.format_report(report)
+
+
+def test_centroids_out_of_order_are_relabelled_without_changing_outputs():
+    """A strong rate term let DeepCOD's centroids cross (seen on digits at rate 0.1); loading a
+    run sorts them, so the int8 index rule applies and every output stays the same."""
+    from agilenn_jax import inference
+    from agilenn_jax.deploy import int8
+
+    c = smoke_baseline_config("deepcod")
+    model = build_model(c)
+    x = jax.random.uniform(jax.random.key(1), (4, 12, 12, 3), minval=-2, maxval=2)
+    v = model.init(jax.random.key(0), x)
+    logits = np.asarray(v["params"]["quantizer"]["centroid_logits"])
+    crossed = logits[[0, 1, 3, 2, 4, 5, 6, 7]]
+    v = {**v, "params": {**v["params"], "quantizer": {"centroid_logits": crossed}}}
+    fixed = inference.ascending_centroids(v)
+    centroids = np.asarray(model.apply(fixed, method="centroids"))
+    assert np.all(np.diff(centroids) > 0)
+    int8.int8_thresholds(centroids, {"scale": 0.05, "zero_point": -128})  # no longer raises
+    np.testing.assert_allclose(
+        model.apply(fixed, x)["logits"], model.apply(v, x)["logits"], rtol=1e-6, atol=1e-6
+    )
+    assert inference.ascending_centroids(fixed) is fixed

@@ -72,7 +72,9 @@ def test_server_survives_fuzz_then_answers_correctly(trained_workdir, exported_d
     expected = remote(idx[None])[0]
 
     async def scenario():
-        srv = server.Server(remote, codec_, port=0, max_frame_bytes=4096, max_connections=8)
+        # Room for the 6 concurrent clients plus the earlier connections, whose handlers may
+        # still be closing on a loaded machine (8 once refused one of the 12 under CI load).
+        srv = server.Server(remote, codec_, port=0, max_frame_bytes=4096, max_connections=16)
         port = await srv.start()
 
         def run_client():
@@ -121,7 +123,9 @@ def test_server_survives_fuzz_then_answers_correctly(trained_workdir, exported_d
     assert status == protocol.OK
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
     assert too_large[0] == protocol.TOO_LARGE and "exceeds" in too_large[2]
-    assert all(m[0] == protocol.OK for m in many)
+    assert all(m[0] == protocol.OK for m in many), [
+        m[:2] + (m[2] if isinstance(m[2], str) else "",) for m in many
+    ]
     for m in many:
         np.testing.assert_allclose(m[2], expected, rtol=1e-4, atol=1e-4)
 

@@ -21,11 +21,18 @@ import numpy as np
 
 from agilenn_jax import inference, input_pipeline, layout
 from agilenn_jax.deploy import cost, tflite
-from agilenn_jax.deploy.int8 import dequantize, indices_from_int8, int8_thresholds
+from agilenn_jax.deploy.export import fit_codec_model
+from agilenn_jax.deploy.int8 import (
+    camera_uint8,
+    dequantize,
+    exits_on_device,
+    indices_from_int8,
+    int8_thresholds,
+)
 from agilenn_jax.deploy.tflm import TFLMRunner
 from agilenn_jax.models import method_of
 from agilenn_jax.models.quantizer import collapsed_centroids, tied_centroids
-from agilenn_jax.serving import codec, image_codec
+from agilenn_jax.serving import image_codec
 
 EDGE_FORMATS = (("raw", 90), ("png", 90), ("lzw", 90), ("jpeg", 90), ("jpeg", 75), ("webp", 90))
 
@@ -49,18 +56,12 @@ def device_function(run: inference.TrainedRun):
     return fn
 
 
-def to_uint8(images: np.ndarray, mean, std) -> np.ndarray:
-    """The device camera's 8-bit image from a preprocessed one (what Edge-only sends)."""
-    x = np.asarray(images, np.float64) * np.asarray(std) + np.asarray(mean)
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-
-
 def edge_image_report(
     run: inference.TrainedRun, images: np.ndarray, labels: np.ndarray
 ) -> dict[str, Any]:
     """Bytes per frame and server accuracy on the decoded images, for every image format."""
     cfg = run.config
-    raw = to_uint8(images, cfg.data.mean, cfg.data.std)
+    raw = camera_uint8(images, cfg.data.mean, cfg.data.std)
     shape = tuple(raw.shape[1:])
     rows = {}
     for fmt, q in EDGE_FORMATS:
@@ -176,17 +177,7 @@ def export_baseline(
     codec_model = None
     if thresholds is not None:
         train_images, _ = inference.first_images(pipe, data.train, num_calibration * 5)
-        idx = np.concatenate(
-            [
-                np.asarray(
-                    inference.device_indices(run.model, run.variables, train_images[i : i + 100])
-                )
-                for i in range(0, len(train_images), 100)
-            ]
-        )
-        codec_model = codec.ProbabilityModel.fit(
-            idx, int(config.model.num_centroids), meta["model_id"]
-        )
+        codec_model = fit_codec_model(run, train_images, meta["model_id"])
     return _write(output_dir, report, meta, files, codec_model)
 
 
@@ -200,9 +191,8 @@ def _verify(run, runner, qp, thresholds, meta, images, labels) -> dict[str, Any]
     out = inference.forward(run.model, run.variables, jnp.asarray(images))
     res: dict[str, Any] = {"samples": len(images)}
     res["accuracy_float"] = float(np.mean(np.asarray(out["logits"]).argmax(-1) == labels))
-    got = [runner(images[i : i + 1]) for i in range(len(images))]
-    names = [n for n in qp if n in ("local_logits", "remote_features")]  # in output order
-    outs = {n: np.concatenate([g[j] for g in got]) for j, n in enumerate(names)}
+    got = [runner.named(images[i : i + 1]) for i in range(len(images))]
+    outs = {n: np.concatenate([g[n] for g in got]) for n in got[0]}
     pred = None
     if "remote_features" in outs:
         feat = dequantize(outs["remote_features"], qp["remote_features"])
@@ -225,8 +215,7 @@ def _verify(run, runner, qp, thresholds, meta, images, labels) -> dict[str, Any]
         if pred is None:  # local_only: the device's logits are the prediction
             pred = logits.argmax(-1)
         else:  # spinn: exit where the head is confident enough
-            e = np.exp(logits - logits.max(-1, keepdims=True))
-            exits = (e / e.sum(-1, keepdims=True)).max(-1) >= meta["exit_threshold"]
+            exits = exits_on_device(logits, meta["exit_threshold"])
             res["exit_fraction"] = float(np.mean(exits))
             res["accuracy_int8_no_exit"] = float(np.mean(pred == labels))
             pred = np.where(exits, logits.argmax(-1), pred)

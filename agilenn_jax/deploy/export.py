@@ -18,7 +18,7 @@ import numpy as np
 
 from agilenn_jax import inference, input_pipeline, layout
 from agilenn_jax.checkpoint import CheckpointError
-from agilenn_jax.deploy import baseline_export, cost, tflite, tflm_app
+from agilenn_jax.deploy import cost, tflite, tflm_app
 from agilenn_jax.deploy.int8 import dequantize, indices_from_int8, int8_thresholds
 from agilenn_jax.deploy.tflm import TFLMRunner
 from agilenn_jax.models import combine, local, method_of
@@ -98,6 +98,8 @@ def export(
         raise ExportError(str(e)) from None
     config = run.config
     if method_of(config) != "agilenn":
+        from agilenn_jax.deploy import baseline_export  # it imports this module's helpers
+
         try:
             return baseline_export.export_baseline(
                 run, output_dir, num_calibration, num_verify, allow_over_budget
@@ -254,6 +256,8 @@ def verify_device_model(
 
 def format_report(report: dict[str, Any]) -> str:
     if report.get("method", "agilenn") != "agilenn":
+        from agilenn_jax.deploy import baseline_export
+
         return baseline_export.format_report(report)
     b, v, lat = report["budget"], report["verification"], report["latency_estimate"]
     lines = [

@@ -44,6 +44,19 @@ def int8_thresholds(centroids: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     return t.astype(np.int32)
 
 
+def camera_uint8(images: np.ndarray, mean, std) -> np.ndarray:
+    """The device camera's 8-bit image from a preprocessed one (what Edge-only sends)."""
+    x = np.asarray(images, np.float64) * np.asarray(std) + np.asarray(mean)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def exits_on_device(logits: np.ndarray, threshold: float) -> np.ndarray:
+    """SPINN's early exit: True where the device head's softmax max reaches ``threshold``."""
+    logits = np.asarray(logits, np.float64)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).max(-1) >= threshold
+
+
 def indices_from_int8(q: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """What the MCU sends: centroid index per offloaded feature, from its int8 value."""
     return np.sum(q[..., None].astype(np.int32) > thresholds, axis=-1).astype(np.uint8)

@@ -33,6 +33,12 @@ class TFLMRunner:
         self._interp.invoke()
         return tuple(self._interp.get_output(i) for i in self.qp["output_positions"])
 
+    def named(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """One float image -> its int8 outputs by name (``local_logits``, ``remote_features``;
+        a baseline's device model may have only one of them)."""
+        names = [n for n in self.qp if n in ("local_logits", "remote_features")]  # output order
+        return dict(zip(names, self(image), strict=True))
+
     def arena_bytes(self) -> int:
         """Arena bytes TFLM actually allocated (from its recording allocator's report)."""
         with tempfile.TemporaryFile(mode="w+b") as tmp:

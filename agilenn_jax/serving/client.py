@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 
 from agilenn_jax.deploy.cost import CLOCKS_MHZ
-from agilenn_jax.deploy.int8 import dequantize, indices_from_int8
+from agilenn_jax.deploy.int8 import (
+    camera_uint8,
+    dequantize,
+    exits_on_device,
+    indices_from_int8,
+)
 from agilenn_jax.deploy.tflm import TFLMRunner
 from agilenn_jax.models import combine
 from agilenn_jax.serving import image_codec, protocol
@@ -214,9 +219,10 @@ class Device:
         if self.method != "edge_only":
             with open(os.path.join(export_dir, "device_int8.tflite"), "rb") as f:
                 self.runner = TFLMRunner(f.read())
-        self.mcu_local_ms, self.mcu_includes_encoder, self.mcu_source = mcu_estimate(export_dir)
         self.cost = device_cost(export_dir, self.meta)
-        if self.method != "agilenn":  # one cost model for every baseline (see device_cost)
+        if self.method == "agilenn":  # its firmware's QEMU count, when the export has one
+            self.mcu_local_ms, self.mcu_includes_encoder, self.mcu_source = mcu_estimate(export_dir)
+        else:  # one cost model for every baseline (see device_cost)
             self.mcu_local_ms = self.cost["ms_at_mhz"]["216"] + self.cost["encode_ms_at_mhz"]["216"]
             self.mcu_includes_encoder, self.mcu_source = True, self.cost["source"]
         thresholds = self.meta.get("int8_thresholds")
@@ -232,14 +238,10 @@ class Device:
         [1, H, W, 3]: centroid indices, or the 8-bit image for Edge-only."""
         t0 = time.perf_counter()
         if self.runner is None:  # edge_only: the camera's 8-bit image is the payload
-            m = self.meta
-            x = np.asarray(image[0], np.float64) * np.asarray(m["std"]) + np.asarray(m["mean"])
-            payload = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+            payload = camera_uint8(image[0], self.meta["mean"], self.meta["std"])
             return None, payload, 1e3 * (time.perf_counter() - t0)
-        outs = self.runner(image)
+        got = self.runner.named(image)
         host_ms = 1e3 * (time.perf_counter() - t0)
-        names = [n for n in self.meta["quant"] if n in ("local_logits", "remote_features")]
-        got = dict(zip(names, outs, strict=True))
         logits = None
         if "local_logits" in got:
             logits = dequantize(got["local_logits"], self.meta["quant"]["local_logits"])[0]
@@ -257,8 +259,7 @@ class Device:
             return True
         if self.exit_threshold is None or local_logits is None:
             return False
-        e = np.exp(local_logits - np.max(local_logits))
-        return bool(np.max(e / e.sum()) >= self.exit_threshold)
+        return bool(exits_on_device(local_logits, self.exit_threshold))
 
     def offload(
         self, local_logits: np.ndarray | None, idx: np.ndarray | None, host_ms: float

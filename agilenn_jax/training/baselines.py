@@ -21,6 +21,7 @@ from agilenn_jax.checkpoint import Checkpointer
 from agilenn_jax.models import build_model, method_of
 from agilenn_jax.models.agilenn import count_params
 from agilenn_jax.models.quantizer import collapsed_centroids
+from agilenn_jax.serving.image_codec import ImageCodec
 from agilenn_jax.training.evaluation import MaskedSum
 from agilenn_jax.training.loop import Context, Stage, evaluate, fit, steps_per_epoch
 from agilenn_jax.training.optim import make_optimizer
@@ -43,16 +44,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError("baseline.rate_weight and baseline.exit_weight must be >= 0")
     if not 0.0 < b.exit_threshold <= 1.0:
         raise ValueError(f"baseline.exit_threshold must be in (0, 1], got {b.exit_threshold}")
-    if not 1 <= b.image_quality <= 100:
-        raise ValueError(f"baseline.image_quality must be in [1, 100], got {b.image_quality}")
-    from agilenn_jax.serving.image_codec import IMAGE_FORMATS  # the wire's formats
-
-    if b.image_codec not in IMAGE_FORMATS:
-        raise ValueError(
-            f"baseline.image_codec must be one of {IMAGE_FORMATS}, got {b.image_codec}"
-        )
+    size = int(config.data.image_size)
+    try:  # the wire's own checks: format, quality, and an image size the format can hold
+        ImageCodec(b.image_codec, (size, size, 3), b.image_quality)
+    except ValueError as e:
+        raise ValueError(f"baseline.image_codec / baseline.image_quality: {e}") from None
     if method_of(config) == "spinn":  # split_block is checked when the model is set up
-        size = int(config.data.image_size)
         jax.eval_shape(
             lambda: build_model(config).init(jax.random.key(0), jnp.zeros((1, size, size, 3)))
         )

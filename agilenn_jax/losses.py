@@ -49,12 +49,20 @@ def agilenn_loss(
     rho: float,
     lam: float,
     disorder_mode: str = "channel",
+    unit_ce: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """lam * CE + (1 - lam) * (L_skew + L_disorder); XAI terms averaged over trusted samples."""
+    """lam * CE + (1 - lam) * (L_skew + L_disorder); XAI terms averaged over trusted samples.
+
+    ``unit_ce`` divides by lam: CE + (1 - lam) / lam * (L_skew + L_disorder). Same minimisers,
+    but CE's step size no longer shrinks with lam, so a small lam is not also a small learning
+    rate for the classifier.
+    """
     ce = jnp.mean(cross_entropy(logits, labels))
     skew = masked_mean(skewness_loss(importance, k, rho), trust)
     dis = masked_mean(disorder_loss(importance, k, disorder_mode), trust)
     loss = lam * ce + (1.0 - lam) * (skew + dis)
+    if unit_ce:
+        loss = loss / lam
     return loss, {"ce": ce, "skew_loss": skew, "disorder_loss": dis}
 
 

@@ -42,6 +42,7 @@ CIFAR10 = {
     "loss.disorder": "channel",
     "loss.lam": 0.8,
     "loss.rho": 0.8,
+    "loss.unit_ce": False,
     "model.depthwise_impl": "auto",
     "model.dtype": "float32",
     "model.reference_arch": "mobilenetv2",
@@ -76,6 +77,7 @@ CIFAR10 = {
     "model.remote_width": 1.0,
     "model.split_ratio": 0.2,
     "model.temperature": 5.0,
+    "model.fixed_alpha": -1.0,
     "preselect.enabled": True,
     "preselect.num_samples": 5000,
     "reference_train.batch_size": 128,
@@ -408,6 +410,7 @@ def test_sweep_points_fit_their_config(name, arg):
 def test_shipped_sweep_sizes():
     assert len(paper.get_sweep("sweep=lam")) == 9 * 3
     assert len(paper.get_sweep("sweep=temperature,seeds=2")) == 10 * 2
+    assert len(paper.get_sweep("sweep=alpha,seeds=1")) == 9
     assert len(paper.get_sweep("sweep=ig_steps,seeds=1")) == 6
     assert len(quickstart.get_sweep("sweep=rho_split")) == 27
     rho_split = paper.get_sweep("sweep=rho_split,seeds=1")

@@ -1,5 +1,6 @@
 """AgileNN: extractor -> split at k -> (local NN) and (quantizer -> remote NN) -> combiner."""
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,13 @@ def split_channels(num_channels: int, k: int = -1, split_ratio: float = 0.2) -> 
 def alpha_from_logit(alpha_logit: Any, temperature: float) -> Any:
     """alpha = sigmoid(w / T): the weight of the local prediction (the paper's combiner)."""
     return jax.nn.sigmoid(alpha_logit / temperature)
+
+
+def alpha_logit_for(alpha: float, temperature: float) -> float:
+    """The logit w with sigmoid(w / T) == alpha (alpha strictly inside (0, 1))."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"a fixed alpha must be strictly inside (0, 1), got {alpha}")
+    return float(temperature * math.log(alpha / (1.0 - alpha)))
 
 
 def combine(local_logits: Any, remote_logits: Any, alpha: Any) -> Any:
@@ -59,6 +67,7 @@ class AgileNN(nn.Module):
     remote_head_channels: int = 1280
     remote_dropout: float = 0.2
     temperature: float = 5.0
+    fixed_alpha: float | None = None  # the paper's Fig 18 ablation: alpha frozen at this value
     depthwise_impl: str = "auto"
     dtype: Any = jnp.float32
 
@@ -80,11 +89,21 @@ class AgileNN(nn.Module):
             depthwise_impl=self.depthwise_impl,
             dtype=self.dtype,
         )
-        self.alpha_logit = self.param("alpha_logit", nn.initializers.zeros, ())
+        init = nn.initializers.zeros
+        if self.fixed_alpha is not None:
+            init = nn.initializers.constant(alpha_logit_for(self.fixed_alpha, self.temperature))
+        self.alpha_logit = self.param("alpha_logit", init, ())
 
     def alpha(self) -> jax.Array:
-        """alpha = sigmoid(w / T): the weight of the local prediction."""
-        return alpha_from_logit(self.alpha_logit, self.temperature)
+        """alpha = sigmoid(w / T): the weight of the local prediction.
+
+        With ``fixed_alpha`` the logit is initialised to give that alpha and gets no gradient,
+        so every reader of the parameter (export, server) sees the fixed value.
+        """
+        w = self.alpha_logit
+        if self.fixed_alpha is not None:
+            w = jax.lax.stop_gradient(w)
+        return alpha_from_logit(w, self.temperature)
 
     def device(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         """What runs on the MCU: features, local logits, quantized remote features + indices."""

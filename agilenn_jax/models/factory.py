@@ -52,6 +52,7 @@ def build_agilenn(
         remote_head_channels=m.remote_head_channels,
         remote_dropout=m.remote_dropout,
         temperature=m.temperature,
+        fixed_alpha=m.fixed_alpha if m.get("fixed_alpha", -1.0) >= 0 else None,
         depthwise_impl=depthwise_impl or m.depthwise_impl,
         dtype=model_dtype(config, dtype),
     )

@@ -55,6 +55,9 @@ class FinalEvalMetrics(metrics.Collection):
     skewness: metrics.Average.from_output("skewness")
     violation_rate: metrics.Average.from_output("violations")
     importance: MaskedSum.from_output("importance")  # [C]
+    # [3]: samples where the reference is right (IG is trusted there, as in training), and their
+    # summed skewness and violations: the objective measured where it was asked to hold.
+    trusted: MaskedSum.from_output("trusted")
     index_counts: MaskedSum.from_output("index_counts")  # [C - k, L]
 
 
@@ -70,14 +73,18 @@ def make_final_eval_step(config: ml_collections.ConfigDict):
             reference, state.frozen, out["features"], labels, config.xai
         )
         onehot = jax.nn.one_hot(out["indices"], num_centroids, dtype=jnp.float32)
+        skew = jnp.sum(imp[:, :k], -1)
+        violations = losses.disorder_violations(imp, k)
+        ok = steps.correct(ref_logits, labels)
         return FinalEvalMetrics.single_from_model_output(
             correct=steps.correct(out["logits"], labels),
             local_correct=steps.correct(out["local_logits"], labels),
             remote_correct=steps.correct(out["remote_logits"], labels),
             reference_correct=steps.correct(ref_logits, labels),
-            skewness=jnp.sum(imp[:, :k], -1),
-            violations=losses.disorder_violations(imp, k),
+            skewness=skew,
+            violations=violations,
             importance=imp,
+            trusted=jnp.stack([ok, ok * skew, ok * violations], -1),
             index_counts=jnp.sum(onehot, axis=(1, 2)),  # [B, C - k, L]
             mask=batch["mask"],
         )
@@ -121,6 +128,8 @@ def evaluate_agilenn(
         "reference_accuracy": float(s["reference_accuracy"]),
         "achieved_skewness": float(s["skewness"]),
         "disorder_violation_rate": float(s["violation_rate"]),
+        "trusted_skewness": float(s["trusted"][1] / max(s["trusted"][0], 1.0)),
+        "trusted_violation_rate": float(s["trusted"][2] / max(s["trusted"][0], 1.0)),
         "mean_channel_importance": (s["importance"] / n).round(5).tolist(),
         "alpha": float(model.apply(state.variables(), method="alpha")),
         "centroids": centroids.round(6).tolist(),
@@ -159,6 +168,8 @@ RESULT_ROWS = (
     ("reference_accuracy", "reference NN (frozen)"),
     ("achieved_skewness", "achieved skewness (rho target)"),
     ("disorder_violation_rate", "disorder violation rate"),
+    ("trusted_skewness", "skewness (reference right)"),
+    ("trusted_violation_rate", "violations (reference right)"),
     ("alpha", "alpha"),
     ("distinct_centroids", "distinct centroids"),
     ("collapsed_centroids", "collapsed centroid groups"),

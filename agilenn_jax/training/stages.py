@@ -219,7 +219,8 @@ def train_agilenn(
         }
     stage = Stage(
         name="agilenn",
-        train_step=steps.make_agilenn_train_step(config),
+        # lam = 1 weighs the XAI terms by 0: plain CE, without paying for IG every step.
+        train_step=steps.make_agilenn_train_step(config, use_xai=config.loss.lam < 1.0),
         eval_step=steps.agilenn_eval_step,
         optim=config.train,
         checkpointer=ckpt,

@@ -175,7 +175,15 @@ def make_agilenn_train_step(
             ref_ok = (jnp.argmax(ref_logits, -1) == labels).astype(jnp.float32)
             trust = ref_ok if xc.trust_correct_only else jnp.ones_like(ref_ok)
             loss, parts = losses.agilenn_loss(
-                out["logits"], labels, imp, trust, k, lc.rho, lc.lam, lc.disorder
+                out["logits"],
+                labels,
+                imp,
+                trust,
+                k,
+                lc.rho,
+                lc.lam,
+                lc.disorder,
+                lc.get("unit_ce", False),
             )
             parts.update(
                 skewness=jnp.mean(jnp.sum(imp[:, :k], -1)),

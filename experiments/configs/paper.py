@@ -52,12 +52,12 @@ Sweeps (``get_sweep``; run with ``python -m launch.sweep --config=...:sweep=NAME
 ``seeds=N`` seeds each, default 3; every point is a full run of the chosen dataset and scale):
   lam         loss.lam 0.1..0.9 (the paper's lambda ablation), 9 points x seeds
   temperature model.temperature 1..10 (the combiner's T), 10 points x seeds
+  alpha       model.fixed_alpha 0.1..0.9 (Fig 18: alpha frozen instead of trained), 9 points x seeds
   rho_split   loss.rho {0.7, 0.8, 0.9} x model.split_ratio {0.1, 0.2, 0.3} (k = 2/5/7 of 24;
               model.k=-1 so the ratio applies), 9 points x seeds
   xai_method  xai.method ig | saliency
   ig_steps    xai.steps {2, 4, 8} x xai.rule {trapezoid, riemann} (beyond the paper)
   centroids   model.num_centroids {4, 8, 16} (2/3/4-bit indices; beyond the paper)
-The paper's fixed-alpha ablation is not here: the model has no option to fix alpha.
 E.g. ``--config=experiments/configs/paper.py:scale=cpu,sweep=rho_split,seeds=1`` is 9 runs of
 ~1 h on 2 cores.
 """
@@ -99,7 +99,7 @@ DATASETS = {
     ),
 }
 NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "svhn": 32, "tiny_imagenet": 64}
-SWEEPS = ("lam", "temperature", "rho_split", "xai_method", "ig_steps", "centroids")
+SWEEPS = ("lam", "temperature", "alpha", "rho_split", "xai_method", "ig_steps", "centroids")
 ARGS = dict(
     dataset=tuple(DATASETS),
     scale=("paper", "cpu", "untrained"),
@@ -155,6 +155,7 @@ def base() -> ml_collections.ConfigDict:
         remote_head_channels=1280,
         remote_dropout=0.2,
         temperature=5.0,
+        fixed_alpha=-1.0,  # -1: alpha = sigmoid(w / T) is trained; in (0, 1): frozen (Fig 18)
         reference_width=1.0,
         reference_stages=MOBILENETV2_STAGES,
         reference_head_channels=1280,
@@ -183,7 +184,10 @@ def base() -> ml_collections.ConfigDict:
         image_codec="png",  # edge_only: png | lzw | jpeg | webp | raw (serving/image_codec.py)
         image_quality=90,  # edge_only: jpeg / webp quality
     )
-    c.loss = dict(lam=0.8, rho=0.8, disorder="channel")  # disorder: channel | element
+    # disorder: channel | element. unit_ce: the loss divided by lam, so CE keeps unit weight and
+    # its learning rate whatever lam is (same minimisers as the paper's lam * CE + ...).
+    # lam = 1.0 is plain CE: the training step skips IG (the final evaluation still measures it).
+    c.loss = dict(lam=0.8, rho=0.8, disorder="channel", unit_ce=False)
     c.preselect = dict(enabled=True, num_samples=5000)
     c.reference_train = common.sgd(epochs=50)
     c.train = common.sgd(epochs=200)
@@ -228,6 +232,9 @@ def get_sweep(arg: str | None = None) -> list[dict]:
         "lam": lambda: sweep.product(**{"loss.lam": [round(0.1 * i, 1) for i in range(1, 10)]}),
         "temperature": lambda: sweep.product(
             **{"model.temperature": [float(t) for t in range(1, 11)]}
+        ),
+        "alpha": lambda: sweep.product(
+            **{"model.fixed_alpha": [round(0.1 * i, 1) for i in range(1, 10)]}
         ),
         "rho_split": lambda: sweep.product(
             **{

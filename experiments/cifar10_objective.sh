@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Issue 11's CIFAR-10 objective ablation at a CPU budget: one reference per seed, shared by every
+# variant of that seed (a copy of its checkpoint), so variants differ only in the AgileNN stage.
+#
+#   bash experiments/cifar10_objective.sh ROOT "SEEDS" EPOCHS VARIANT...
+#   e.g. bash experiments/cifar10_objective.sh workdirs/c10abl "0" 2 lam0.8 lam0.3 lam0.3u ce
+#
+# VARIANT names (the AgileNN stage's overrides on paper.py:scale=cpu):
+#   ce        loss.lam=1.0: plain CE on the same model (no IG in training), the accuracy bar
+#   lamL      loss.lam=L (the paper's lam * CE + (1 - lam) * (skew + disorder))
+#   lamLu     loss.lam=L, loss.unit_ce=True (the same loss divided by lam: CE keeps its step size)
+#   ...+eff   any of the above with the ImageNet-pretrained EfficientNet-Lite0 reference (its own
+#             reference run, ROOT/ref_eff_sSEED)
+# Each run writes ROOT/NAME_sSEED/results.json; finished runs are skipped, unfinished ones resume.
+# The malloc settings make XLA:CPU's per-step temporaries cheap (1.5-1.8x on this config, see
+# README "Benchmarks"). Expected runtime on 2 cores: ~10 min per reference (3 epochs), ~4 min
+# per AgileNN epoch (~2.5 min with ce) plus ~2 min of pre-selection and evaluation.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$1
+SEEDS=($2)
+EPOCHS=$3
+shift 3
+export MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
+export GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+CFG=experiments/configs/paper.py:scale=cpu
+mkdir -p "$ROOT"
+for s in "${SEEDS[@]}"; do
+  for v in "$@"; do
+    base=${v%+eff}
+    args=(--config.seed="$s")
+    ref="$ROOT/ref_s$s"
+    if [ "$base" != "$v" ]; then
+      args+=(--config.model.reference_arch=efficientnet_lite0)
+      ref="$ROOT/ref_eff_s$s"
+    fi
+    if [ ! -f "$ref/reference.done" ]; then
+      python3 -m launch.main --config="$CFG" --workdir="$ref" --mode=pretrain_reference \
+          "${args[@]}" 2>"$ref.log"
+      touch "$ref/reference.done"
+    fi
+    case $base in
+      ce) args+=(--config.loss.lam=1.0) ;;
+      lam*u) args+=(--config.loss.lam="${base:3:-1}" --config.loss.unit_ce=True) ;;
+      lam*) args+=(--config.loss.lam="${base:3}") ;;
+      *) echo "unknown variant $v" >&2; exit 2 ;;
+    esac
+    wd="$ROOT/${v}_s$s"
+    [ -f "$wd/results.json" ] && continue
+    mkdir -p "$wd"
+    [ -d "$wd/reference" ] || cp -r "$ref/reference" "$wd/reference"
+    echo "$(date +%T) $wd: ${args[*]}"
+    python3 -m launch.main --config="$CFG" --workdir="$wd" --config.train.epochs="$EPOCHS" \
+        --config.train.eval_every_epochs="$EPOCHS" "${args[@]}" 2>"$wd.log"
+  done
+done

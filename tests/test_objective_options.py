@@ -1,0 +1,95 @@
+"""The loss and combiner options issue 8 and 11's ablations need: fixed alpha, unit CE, lam = 1."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agilenn_jax import losses
+from agilenn_jax.models import build_agilenn
+from agilenn_jax.models.agilenn import alpha_from_logit, alpha_logit_for
+from agilenn_jax.training import experiment, stages, steps
+from agilenn_jax.training.sharding import jit_train_step, make_mesh, shard_batch
+from tests.helpers import fake_data_and_batch, smoke_config
+
+
+def _flat(tree) -> np.ndarray:
+    return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.5, 0.9])
+def test_alpha_logit_for_inverts_the_combiner(alpha):
+    for t in (1.0, 5.0, 8.0):
+        assert float(alpha_from_logit(alpha_logit_for(alpha, t), t)) == pytest.approx(alpha)
+
+
+def test_fixed_alpha_stays_fixed_through_training_steps():
+    data, host_batch = fake_data_and_batch()
+    mesh = make_mesh()
+    c = smoke_config()
+    c.model.fixed_alpha = 0.3
+    experiment.validate_config(c)
+    state = stages.agilenn_state_template(c, data, mesh)
+    step = jit_train_step(steps.make_agilenn_train_step(c), mesh)
+    batch = shard_batch(host_batch, mesh)
+    logit0 = float(state.params["alpha_logit"])
+    for i in range(3):
+        state, metrics = step(state, batch, jax.random.key(i))
+    # the parameter every reader (export, server) uses holds the fixed alpha exactly
+    assert float(state.params["alpha_logit"]) == logit0
+    assert float(alpha_from_logit(logit0, c.model.temperature)) == pytest.approx(0.3)
+    assert float(metrics.compute()["alpha"]) == pytest.approx(0.3, abs=1e-6)
+
+
+def test_trained_alpha_moves():
+    data, host_batch = fake_data_and_batch()
+    mesh = make_mesh()
+    c = smoke_config()
+    state = stages.agilenn_state_template(c, data, mesh)
+    step = jit_train_step(steps.make_agilenn_train_step(c), mesh)
+    state, _ = step(state, shard_batch(host_batch, mesh), jax.random.key(0))
+    assert float(state.params["alpha_logit"]) != 0.0
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, 1.5, -0.5])
+def test_bad_fixed_alpha_is_a_clear_error(bad):
+    c = smoke_config()
+    c.model.fixed_alpha = bad
+    with pytest.raises(ValueError, match=r"model\.fixed_alpha must be -1 .* got"):
+        experiment.validate_config(c)
+    if bad >= 0:  # the factory reads a negative value as "trained"; the module refuses the rest
+        with pytest.raises(ValueError, match="strictly inside"):
+            build_agilenn(c).init(jax.random.key(0), jnp.zeros((1, 12, 12, 3)))
+
+
+def test_unit_ce_is_the_paper_loss_divided_by_lam():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(8, 10)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, 8))
+    imp = jax.nn.softmax(jnp.asarray(rng.normal(size=(8, 6)), jnp.float32))
+    trust = jnp.asarray(rng.integers(0, 2, 8), jnp.float32)
+    for lam in (0.2, 0.5, 0.8):
+        paper, parts = losses.agilenn_loss(logits, labels, imp, trust, 2, 0.8, lam)
+        unit, parts_u = losses.agilenn_loss(logits, labels, imp, trust, 2, 0.8, lam, unit_ce=True)
+        np.testing.assert_allclose(float(unit), float(paper) / lam, rtol=1e-6)
+        assert parts == parts_u
+    c = smoke_config()
+    c.loss.unit_ce, c.loss.lam = True, 0.0
+    with pytest.raises(ValueError, match="unit_ce .* needs lam > 0"):
+        experiment.validate_config(c)
+
+
+def test_lam_one_trains_plain_ce_like_the_xai_step_with_zero_weight():
+    """lam = 1 runs the IG-free step; it must be the same update as the IG step at lam = 1."""
+    data, host_batch = fake_data_and_batch()
+    mesh = make_mesh()
+    c = smoke_config()
+    c.loss.lam = 1.0
+    batch = shard_batch(host_batch, mesh)
+    out = {}
+    for use_xai in (True, False):
+        state = stages.agilenn_state_template(c, data, mesh)
+        step = jit_train_step(steps.make_agilenn_train_step(c, use_xai=use_xai), mesh)
+        state, _ = step(state, batch, jax.random.key(0))
+        out[use_xai] = _flat(state.params)
+    np.testing.assert_allclose(out[False], out[True], rtol=0, atol=1e-6)

@@ -31,7 +31,13 @@ METRICS = (
     "alpha",
     "remote_entropy_bits_per_sample",
 )
-CSV_EXTRAS = ("reference_accuracy", "k", "train_seconds")
+CSV_EXTRAS = (
+    "reference_accuracy",
+    "trusted_skewness",
+    "trusted_violation_rate",
+    "k",
+    "train_seconds",
+)
 CSV_FILE = "results.csv"
 REPORT_FILE = "report.md"
 # The x axis of the line plots: the paper's ablations are read along rho first.

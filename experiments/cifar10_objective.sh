@@ -9,8 +9,12 @@
 #   ce        loss.lam=1.0: plain CE on the same model (no IG in training), the accuracy bar
 #   lamL      loss.lam=L (the paper's lam * CE + (1 - lam) * (skew + disorder))
 #   lamLu     loss.lam=L, loss.unit_ce=True (the same loss divided by lam: CE keeps its step size)
-#   ...+eff   any of the above with the ImageNet-pretrained EfficientNet-Lite0 reference (its own
-#             reference run, ROOT/ref_eff_sSEED)
+# and any of these suffixes, each after a "-" (e.g. lam0.3u-el-all):
+#   el        loss.disorder=element (every violating pair gets a gradient, not only max/min)
+#   all       xai.trust_correct_only=False (the XAI terms on every sample, not only where the
+#             frozen reference is right)
+#   eff       the ImageNet-pretrained EfficientNet-Lite0 reference (its own reference run,
+#             ROOT/ref_eff_sSEED)
 # Each run writes ROOT/NAME_sSEED/results.json; finished runs are skipped, unfinished ones resume.
 # The malloc settings make XLA:CPU's per-step temporaries cheap (1.5-1.8x on this config, see
 # README "Benchmarks"). Expected runtime on 2 cores: ~10 min per reference (3 epochs), ~4 min
@@ -27,16 +31,25 @@ CFG=experiments/configs/paper.py:scale=cpu
 mkdir -p "$ROOT"
 for s in "${SEEDS[@]}"; do
   for v in "$@"; do
-    base=${v%+eff}
+    IFS=- read -r base suffixes <<<"$v"
     args=(--config.seed="$s")
+    refargs=(--config.seed="$s")
     ref="$ROOT/ref_s$s"
-    if [ "$base" != "$v" ]; then
-      args+=(--config.model.reference_arch=efficientnet_lite0)
-      ref="$ROOT/ref_eff_s$s"
-    fi
+    for x in ${suffixes//-/ }; do
+      case $x in
+        el) args+=(--config.loss.disorder=element) ;;
+        all) args+=(--config.xai.trust_correct_only=False) ;;
+        eff)
+          args+=(--config.model.reference_arch=efficientnet_lite0)
+          refargs+=(--config.model.reference_arch=efficientnet_lite0)
+          ref="$ROOT/ref_eff_s$s"
+          ;;
+        *) echo "unknown suffix $x in $v" >&2; exit 2 ;;
+      esac
+    done
     if [ ! -f "$ref/reference.done" ]; then
       python3 -m launch.main --config="$CFG" --workdir="$ref" --mode=pretrain_reference \
-          "${args[@]}" 2>"$ref.log"
+          "${refargs[@]}" 2>"$ref.log"
       touch "$ref/reference.done"
     fi
     case $base in

@@ -56,6 +56,9 @@ def digits(c: ml_collections.ConfigDict) -> None:
     c.model.k = 2
     common.set_networks(c, SMALL_STAGES, 128, remote_width=0.5, reference_width=0.75)
     c.preselect.num_samples = 1000
+    # The quick start's README numbers (3 seeds) were measured with the earlier default; on
+    # digits in 10 epochs the paper-weighted lam = 0.3 cost 25 points (README, lam x disorder).
+    c.loss.lam, c.loss.unit_ce = 0.8, False
     c.reference_train.epochs = 15
     c.train.epochs = 30
     common.set_optimisation(c, batch_size=64, lr=0.05, log_every_steps=10, eval_every_epochs=5)

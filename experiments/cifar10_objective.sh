@@ -55,7 +55,7 @@ for s in "${SEEDS[@]}"; do
     case $base in
       ce) args+=(--config.loss.lam=1.0) ;;
       lam*u) args+=(--config.loss.lam="${base:3:-1}" --config.loss.unit_ce=True) ;;
-      lam*) args+=(--config.loss.lam="${base:3}") ;;
+      lam*) args+=(--config.loss.lam="${base:3}" --config.loss.unit_ce=False) ;;
       *) echo "unknown variant $v" >&2; exit 2 ;;
     esac
     wd="$ROOT/${v}_s$s"

@@ -80,7 +80,7 @@ def make_final_eval_step(config: ml_collections.ConfigDict):
             correct=steps.correct(out["logits"], labels),
             local_correct=steps.correct(out["local_logits"], labels),
             remote_correct=steps.correct(out["remote_logits"], labels),
-            reference_correct=steps.correct(ref_logits, labels),
+            reference_correct=ok,
             skewness=skew,
             violations=violations,
             importance=imp,

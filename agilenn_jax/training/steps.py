@@ -172,7 +172,7 @@ def make_agilenn_train_step(
             imp, ref_logits = channel_attribution(
                 reference, state.frozen, out["features"], labels, xc
             )
-            ref_ok = (jnp.argmax(ref_logits, -1) == labels).astype(jnp.float32)
+            ref_ok = correct(ref_logits, labels)
             trust = ref_ok if xc.trust_correct_only else jnp.ones_like(ref_ok)
             loss, parts = losses.agilenn_loss(
                 out["logits"],

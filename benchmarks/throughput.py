@@ -9,8 +9,11 @@ compilation and two warm-up steps, so data production is included):
   plain_ce       the AgileNN model without the XAI terms (the paper's baseline epoch)
   agilenn_mM     the AgileNN step with inline IG at m = M points
   eval           the final evaluation step (accuracy + IG importance), host batches
-and, for the m = 2 step, "today" (host tf.data batches, float32) against this config's pipeline
-(``data.on_device``) and ``model.dtype`` in the same run. Peak memory is XLA's estimate for the
+and, for the m = 2 step, "today" against this run: today is the step as training ran before
+issue 11 (host tf.data batches, float32, a process without the launcher's host tuning),
+measured in a child process of this same run; this run uses the config's ``data.on_device`` and
+``model.dtype`` and, like ``launch.main``, re-executes itself with ``agilenn_jax.host_tuning``'s
+settings (``AGILENN_HOST_TUNING=0`` measures without them). Peak memory is XLA's estimate for the
 compiled step (arguments + temporaries + outputs) and, where the device reports it, the
 allocator's peak. The epoch-time ratio AgileNN / plain CE is printed (the paper: 3-4x).
 --fake_samples=N replaces the dataset by N random uint8 images of the stored size (loading the
@@ -19,17 +22,24 @@ CIFAR-10 tarball takes minutes on 2 cores; throughput does not depend on the pix
 
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+if __name__ == "__main__":  # the launcher's process settings (see agilenn_jax/host_tuning.py)
+    from agilenn_jax import host_tuning
+
+    host_tuning.reexec_tuned()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from agilenn_jax import input_pipeline  # noqa: E402
+from agilenn_jax import host_tuning, input_pipeline  # noqa: E402
 from agilenn_jax.device_data import DeviceData  # noqa: E402
 from agilenn_jax.training import evaluation, sharding, stages, steps  # noqa: E402
 
@@ -41,6 +51,9 @@ _STEPS = flags.DEFINE_list("ig_steps", ["2", "4", "8"], "IG points of the AgileN
 _FAKE = flags.DEFINE_integer("fake_samples", 0, "Random images instead of the dataset (0: load).")
 _FAKE_SIZE = flags.DEFINE_integer("fake_size", 32, "Stored size of the --fake_samples images.")
 _JSON = flags.DEFINE_string("json", None, "Also write the numbers here as JSON.")
+_TODAY_ONLY = flags.DEFINE_bool(
+    "today_only", False, "Only the m = 2 step as before issue 11 (the child process's job)."
+)
 
 
 def _data(config) -> input_pipeline.Data:
@@ -130,6 +143,18 @@ def time_eval(config, state, data, mesh, iters: int) -> tuple[float, float]:
     return (len(batches) - 1) * bs / (time.perf_counter() - t), peak
 
 
+def _today_in_child() -> tuple[float, float]:
+    """images/s of the m = 2 step as before issue 11, in a fresh untuned process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "today.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--today_only", f"--json={out}"]
+        cmd += [a for a in sys.argv[1:] if not a.startswith("--json")]
+        subprocess.run(cmd, check=True, env=host_tuning.untuned_environ(os.environ))
+        with open(out) as f:
+            got = json.load(f)
+        return float(got["images_per_s"]), float(got["xla_peak_mib"])
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -138,6 +163,15 @@ def main(argv):
     mesh = sharding.make_mesh()
     iters = _ITERS.value
     rows: dict[str, tuple[float, float]] = {}
+    if _TODAY_ONLY.value:
+        with config.unlocked():
+            config.data.on_device, config.model.dtype = False, "float32"
+        state = stages.agilenn_state_template(config, data, mesh)
+        step = sharding.jit_train_step(steps.make_agilenn_train_step(config), mesh)
+        ips, peak = time_steps(state, step, Batches(config, data, mesh, False), iters)
+        with open(_JSON.value, "w") as f:
+            json.dump({"images_per_s": ips, "xla_peak_mib": peak}, f)
+        return
     batches = Batches(config, data, mesh, bool(config.data.on_device))
 
     ref_state = stages.reference_state_template(config, data, mesh)
@@ -157,22 +191,17 @@ def main(argv):
         config.xai.steps = 2
     rows["eval"] = time_eval(config, state, data, mesh, iters)
 
-    setting = (bool(config.data.on_device), str(config.model.dtype))
-    today = setting != (False, "float32")
-    if today:  # the same m = 2 step as before this option existed: host batches, float32
-        with config.unlocked():
-            config.data.on_device, config.model.dtype = False, "float32"
-        t_state = stages.agilenn_state_template(config, data, mesh)
-        step = sharding.jit_train_step(steps.make_agilenn_train_step(config), mesh)
-        rows["agilenn_m2_today"] = time_steps(
-            t_state, step, Batches(config, data, mesh, False), iters
-        )
+    setting = (bool(config.data.on_device), str(config.model.dtype), host_tuning.applied())
+    today = setting != (False, "float32", False)
+    if today:
+        rows["agilenn_m2_today"] = _today_in_child()
 
     dev = jax.devices()
     print(
         f"\n{len(dev)} x {dev[0].device_kind}, batch {batches.batch_size}, "
         f"{config.data.image_size}x{config.data.image_size} input, {len(data.train)} train "
-        f"images, data.on_device={setting[0]}, model.dtype={setting[1]}"
+        f"images, data.on_device={setting[0]}, model.dtype={setting[1]}, "
+        f"host tuning={'on' if setting[2] else 'off'}"
     )
     print(f"{'row':<20}{'images/s':>10}{'epoch s':>10}{'XLA peak MiB':>14}")
     for name, (ips, mib) in rows.items():
@@ -181,7 +210,10 @@ def main(argv):
     print(f"epoch-time ratio AgileNN (m=2) / plain CE: {ratio:.2f}x (paper: 3-4x)")
     if today:
         speedup = rows["agilenn_m2"][0] / rows["agilenn_m2_today"][0]
-        print(f"this config's pipeline vs today's (host, float32), m=2 step: {speedup:.2f}x")
+        print(
+            "this run's m=2 step vs today's (host tf.data, float32, no host tuning; measured "
+            f"in a child process of this run): {speedup:.2f}x"
+        )
     print(f"device allocator peak: {_device_peak_mib():.1f} MiB (nan: not reported, e.g. CPU)")
     if _JSON.value:
         with open(_JSON.value, "w") as f:

@@ -13,6 +13,8 @@
 #   el        loss.disorder=element (every violating pair gets a gradient, not only max/min)
 #   all       xai.trust_correct_only=False (the XAI terms on every sample, not only where the
 #             frozen reference is right)
+#   trkLR     xai.reference_lr=LR (e.g. trk0.01): the reference takes an SGD step of its own CE
+#             on the features every step, so it follows the extractor (default: frozen)
 #   eff       the ImageNet-pretrained EfficientNet-Lite0 reference (its own reference run,
 #             ROOT/ref_eff_sSEED)
 # Each run writes ROOT/NAME_sSEED/results.json; finished runs are skipped, unfinished ones resume.
@@ -39,6 +41,7 @@ for s in "${SEEDS[@]}"; do
       case $x in
         el) args+=(--config.loss.disorder=element) ;;
         all) args+=(--config.xai.trust_correct_only=False) ;;
+        trk*) args+=(--config.xai.reference_lr="${x:3}") ;;
         eff)
           args+=(--config.model.reference_arch=efficientnet_lite0)
           refargs+=(--config.model.reference_arch=efficientnet_lite0)

@@ -110,6 +110,7 @@ CIFAR10 = {
     "xai.steps": 2,
     "xai.target": "loss",
     "xai.trust_correct_only": True,
+    "xai.reference_lr": 0.0,
 }
 
 # What each old file changed in cifar10.py's values.
@@ -174,8 +175,8 @@ CIFAR10_CPU = {
 
 QUICKSTART = {
     **CIFAR10,
-    "loss.lam": 0.8,  # pinned when the paper config's default became 0.3 with unit_ce
-    "loss.unit_ce": False,
+    "loss.lam": 0.3,
+    "loss.unit_ce": True,
     "data.eval_split": "val",
     "data.flip": False,
     "data.image_size": 24,
@@ -197,12 +198,12 @@ QUICKSTART = {
     "model.remote_width": 0.5,
     "preselect.num_samples": 1000,
     "reference_train.batch_size": 64,
-    "reference_train.epochs": 15,
+    "reference_train.epochs": 10,
     "reference_train.eval_every_epochs": 5,
     "reference_train.log_every_steps": 10,
     "reference_train.lr": 0.05,
     "train.batch_size": 64,
-    "train.epochs": 30,
+    "train.epochs": 20,
     "train.eval_every_epochs": 5,
     "train.log_every_steps": 10,
     "train.lr": 0.05,
@@ -210,6 +211,8 @@ QUICKSTART = {
 
 SMOKE = {
     **QUICKSTART,
+    "loss.lam": 0.8,
+    "loss.unit_ce": False,
     "data.image_size": 12,
     "data.val_fraction": 0.5,
     "model.reference_head_channels": 32,
@@ -320,7 +323,7 @@ def test_untrained_scale_is_the_paper_networks_with_no_training():
         _load("paper", "dataset=svhn,scale=untrained")
 
 
-def test_fast_quickstart_only_cuts_epochs_and_sets_lr():
+def test_fast_quickstart_only_cuts_epochs_and_sets_lr_and_lam():
     fast = _flat(_load("quickstart", "fast").to_dict())
     fast = {k: v for k, v in fast.items() if k not in ADDED_LATER}
     expected = {
@@ -328,6 +331,8 @@ def test_fast_quickstart_only_cuts_epochs_and_sets_lr():
         "reference_train.epochs": quickstart.FAST_EPOCHS[0],
         "train.epochs": quickstart.FAST_EPOCHS[1],
         "train.lr": quickstart.FAST_LR,
+        "loss.lam": 0.8,
+        "loss.unit_ce": False,
     }
     assert _typed(fast) == _typed(expected)
     assert fast["train.epochs"] < QUICKSTART["train.epochs"]

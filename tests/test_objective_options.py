@@ -93,3 +93,41 @@ def test_lam_one_trains_plain_ce_like_the_xai_step_with_zero_weight():
         state, _ = step(state, batch, jax.random.key(0))
         out[use_xai] = _flat(state.params)
     np.testing.assert_allclose(out[False], out[True], rtol=0, atol=1e-6)
+
+
+def test_tracking_reference_takes_its_own_sgd_step_and_leaves_agilenn_alone():
+    data, host_batch = fake_data_and_batch()
+    mesh = make_mesh()
+    c = smoke_config()
+    batch = shard_batch(host_batch, mesh)
+    state0 = stages.agilenn_state_template(c, data, mesh)
+    frozen_step = jit_train_step(steps.make_agilenn_train_step(c), mesh)
+    a, _ = frozen_step(state0, batch, jax.random.key(0))
+    state0 = stages.agilenn_state_template(c, data, mesh)  # the step donates its input
+    c.xai.reference_lr = 0.05
+    tracked_step = jit_train_step(steps.make_agilenn_train_step(c), mesh)
+    b, _ = tracked_step(state0, batch, jax.random.key(0))
+    # AgileNN's update does not see the reference's own step (it happens after the gradient)
+    np.testing.assert_array_equal(_flat(a.params), _flat(b.params))
+    np.testing.assert_array_equal(_flat(a.frozen["batch_stats"]), _flat(b.frozen["batch_stats"]))
+    # the frozen step leaves the reference untouched; the tracking one moves it by -lr * grad
+    ref0 = stages.agilenn_state_template(c, data, mesh).frozen
+    np.testing.assert_array_equal(_flat(a.frozen["params"]), _flat(ref0["params"]))
+    fresh = stages.agilenn_state_template(c, data, mesh)
+    out = build_agilenn(c).apply(
+        {"params": fresh.params, "batch_stats": fresh.batch_stats},
+        host_batch["image"],
+        train=True,
+        rngs={"dropout": jax.random.key(0)},
+        mutable=["batch_stats"],
+    )[0]
+    expected = steps.track_reference(
+        steps.build_reference_nn(c), ref0, out["features"], host_batch["label"], c.xai
+    )
+    np.testing.assert_allclose(
+        _flat(b.frozen["params"]), _flat(expected["params"]), rtol=1e-4, atol=1e-6
+    )
+    assert np.abs(_flat(b.frozen["params"]) - _flat(ref0["params"])).max() > 0
+    c.xai.reference_lr = -0.1
+    with pytest.raises(ValueError, match=r"xai\.reference_lr must be >= 0"):
+        experiment.validate_config(c)

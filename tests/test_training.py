@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agilenn_jax import inference, input_pipeline, layout
+from agilenn_jax import host_tuning, inference, input_pipeline, layout
 from agilenn_jax.checkpoint import Checkpointer, CheckpointError
 from agilenn_jax.models import build_agilenn, build_reference, build_reference_nn
 from agilenn_jax.training import experiment, stages, steps
@@ -234,6 +234,8 @@ def test_cli_smoke_run(tmp_path):
     r = _cli("--config=experiments/configs/smoke.py", f"--workdir={wd}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "AgileNN results" in r.stdout
+    if host_tuning.wanted(dict(os.environ)):  # the launcher re-executed itself with the settings
+        assert "host tuning applied" in r.stderr
     with open(os.path.join(wd, "results.json")) as f:
         res = json.load(f)
     assert RESULT_KEYS <= set(res)

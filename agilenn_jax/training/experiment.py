@@ -70,6 +70,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"xai.method/rule/target must be in {xai.METHODS}/{xai.RULES}/{xai.TARGETS}, got "
             f"{x.method}/{x.rule}/{x.target}"
         )
+    if x.get("reference_lr", 0.0) < 0.0:
+        raise ValueError(
+            f"xai.reference_lr must be >= 0 (0 = frozen reference), got {x.reference_lr}"
+        )
     if x.chunk < 0:
         raise ValueError(f"xai.chunk must be >= 0 (0 = all IG points at once), got {x.chunk}")
     devices = jax.device_count()

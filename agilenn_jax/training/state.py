@@ -14,8 +14,9 @@ from flax import struct
 
 
 class TrainState(struct.PyTreeNode):
-    """``frozen`` holds what a step reads but never updates (the reference NN during AgileNN
-    training); it is saved with the state so a resumed run needs no other checkpoint."""
+    """``frozen`` holds what the optimiser never updates: the reference NN during AgileNN
+    training (frozen unless ``xai.reference_lr > 0``, when the step moves it by its own SGD
+    rule); it is saved with the state so a resumed run needs no other checkpoint."""
 
     step: jax.Array
     params: Any

@@ -173,6 +173,9 @@ def base() -> ml_collections.ConfigDict:
         remat=False,  # jax.checkpoint each IG point: recompute in the outer gradient
         target="loss",  # loss | logit
         trust_correct_only=True,
+        # > 0: the reference takes an SGD step of its own CE on the features every AgileNN step
+        # (it follows the extractor); 0: frozen, as the paper.
+        reference_lr=0.0,
     )
     c.baseline = dict(  # read only by the baselines (models/baselines.py); AgileNN ignores it
         net_width=1.0,  # edge_only / local_only / spinn: MobileNetV2 width multiplier

@@ -18,8 +18,8 @@
 #   eff       the ImageNet-pretrained EfficientNet-Lite0 reference (its own reference run,
 #             ROOT/ref_eff_sSEED)
 # Each run writes ROOT/NAME_sSEED/results.json; finished runs are skipped, unfinished ones resume.
-# The malloc settings make XLA:CPU's per-step temporaries cheap (1.5-1.8x on this config, see
-# README "Benchmarks"). Expected runtime on 2 cores: ~10 min per reference (3 epochs), ~4 min
+# launch.main applies its host tuning itself (agilenn_jax/host_tuning.py: 1.5-1.8x on this
+# config, README "Benchmarks"). Expected runtime on 2 cores: ~10 min per reference (3 epochs), ~4 min
 # per AgileNN epoch (~2.5 min with ce) plus ~2 min of pre-selection and evaluation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +27,6 @@ ROOT=$1
 SEEDS=($2)
 EPOCHS=$3
 shift 3
-export MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
-export GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 CFG=experiments/configs/paper.py:scale=cpu
 mkdir -p "$ROOT"
 for s in "${SEEDS[@]}"; do

@@ -27,7 +27,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.val_fraction = 0.5
     common.set_networks(c, TINY_STAGES, 32, c.model.remote_width, c.model.reference_width)
     c.preselect.num_samples = 128
-    c.loss.lam, c.loss.unit_ce = quickstart.LAM_08  # what the smoke tests were written against
     common.set_optimisation(c, epochs=1, batch_size=64, log_every_steps=4, eval_every_epochs=1)
     c.lock()
     return c

@@ -1,7 +1,7 @@
 """Training and evaluation throughput of a config: images/s end to end and peak memory per step.
 
     python benchmarks/throughput.py --config=experiments/configs/paper.py:scale=cpu \
-        [--fake_samples=4096] [--iters=10] [--ig_steps=2,4,8] [--json=out.json]
+        [--fake_samples=4096] [--iters=20] [--ig_steps=2,4,8] [--json=out.json]
 
 Rows (each: batches from the input pipeline, the jitted step, timed over --iters steps after
 compilation and two warm-up steps, so data production is included):
@@ -46,7 +46,9 @@ from agilenn_jax.training import evaluation, sharding, stages, steps  # noqa: E4
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/paper.py:scale=cpu", "Config."
 )
-_ITERS = flags.DEFINE_integer("iters", 10, "Timed steps per row.")
+_ITERS = flags.DEFINE_integer(
+    "iters", 20, "Timed steps per row (fewer: the tuned heap's first-step stalls show)."
+)
 _STEPS = flags.DEFINE_list("ig_steps", ["2", "4", "8"], "IG points of the AgileNN rows.")
 _FAKE = flags.DEFINE_integer("fake_samples", 0, "Random images instead of the dataset (0: load).")
 _FAKE_SIZE = flags.DEFINE_integer("fake_size", 32, "Stored size of the --fake_samples images.")

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-DISORDER_MODES = ("channel", "element")
+DISORDER_MODES = ("channel", "element", "log")
+LOG_EPS = 1e-6
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -26,10 +27,17 @@ def disorder_loss(importance: jax.Array, k: int, mode: str = "channel") -> jax.A
     ``channel`` (paper): max(0, max(I2) - min(I1)).
     ``element`` (authors' code variant): mean over all (i in I1, j in I2) pairs of
     max(0, I2_j - I1_i), so every violating pair gets a gradient, not only the extreme one.
+    ``log`` (ours): max(0, log max(I2) - log min(I1)), zero exactly where ``channel`` is. Why:
+    on CIFAR-10 most violations come from one local channel whose importance is ~0.02; the
+    linear hinge pulls it up as weakly as it pulls a 0.2 one, the log one 1/I1 times harder.
     """
     i1, i2 = importance[:, :k], importance[:, k:]
     if mode == "channel":
         return jax.nn.relu(jnp.max(i2, axis=-1) - jnp.min(i1, axis=-1))
+    if mode == "log":
+        return jax.nn.relu(
+            jnp.log(jnp.max(i2, axis=-1) + LOG_EPS) - jnp.log(jnp.min(i1, axis=-1) + LOG_EPS)
+        )
     if mode == "element":
         return jnp.mean(jax.nn.relu(i2[:, None, :] - i1[:, :, None]), axis=(1, 2))
     raise ValueError(f"unknown disorder mode {mode!r}; expected one of {DISORDER_MODES}")
@@ -71,6 +79,18 @@ def disorder_violations(importance: jax.Array, k: int) -> jax.Array:
     return (jnp.max(importance[:, k:], axis=-1) > jnp.min(importance[:, :k], axis=-1)).astype(
         jnp.float32
     )
+
+
+def violation_anatomy(importance: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Where violations come from, per sample: ``([B, k]`` one-hot of the weakest local channel
+    on violating samples (zeros elsewhere), ``[B]`` 1.0 where a violation remains with that
+    channel left out, i.e. some offloaded channel outranks the second-weakest local one)."""
+    i1 = importance[:, :k]
+    weakest = jax.nn.one_hot(jnp.argmin(i1, -1), k) * disorder_violations(importance, k)[:, None]
+    if k < 2:
+        return weakest, jnp.zeros(importance.shape[:1], jnp.float32)
+    second = jnp.sort(i1, -1)[:, 1]
+    return weakest, (jnp.max(importance[:, k:], -1) > second).astype(jnp.float32)
 
 
 def rate_bits(assignment: jax.Array) -> jax.Array:

@@ -11,6 +11,8 @@
 #   lamLu     loss.lam=L, loss.unit_ce=True (the same loss divided by lam: CE keeps its step size)
 # and any of these suffixes, each after a "-" (e.g. lam0.3u-el-all):
 #   el        loss.disorder=element (every violating pair gets a gradient, not only max/min)
+#   log       loss.disorder=log (max(0, log max(I2) - log min(I1)): pulls a weak local channel
+#             up 1/I1 times harder)
 #   all       xai.trust_correct_only=False (the XAI terms on every sample, not only where the
 #             frozen reference is right)
 #   trkLR     xai.reference_lr=LR (e.g. trk0.01): the reference takes an SGD step of its own CE
@@ -38,6 +40,7 @@ for s in "${SEEDS[@]}"; do
     for x in ${suffixes//-/ }; do
       case $x in
         el) args+=(--config.loss.disorder=element) ;;
+        log) args+=(--config.loss.disorder=log) ;;
         all) args+=(--config.xai.trust_correct_only=False) ;;
         trk*) args+=(--config.xai.reference_lr="${x:3}") ;;
         eff)

@@ -131,3 +131,33 @@ def test_tracking_reference_takes_its_own_sgd_step_and_leaves_agilenn_alone():
     c.xai.reference_lr = -0.1
     with pytest.raises(ValueError, match=r"xai\.reference_lr must be >= 0"):
         experiment.validate_config(c)
+
+
+def test_log_disorder_is_zero_exactly_where_the_channel_one_is_and_scale_free():
+    rng = np.random.default_rng(1)
+    imp = jax.nn.softmax(jnp.asarray(rng.normal(size=(64, 8)), jnp.float32))
+    lin = losses.disorder_loss(imp, 3, "channel")
+    log = losses.disorder_loss(imp, 3, "log")
+    np.testing.assert_array_equal(np.asarray(lin) > 0, np.asarray(log) > 0)
+    assert 0 < int(np.sum(np.asarray(lin) > 0)) < 64  # both cases occur
+    # the log hinge depends on ratios only (up to its epsilon), the linear one on the scale
+    np.testing.assert_allclose(losses.disorder_loss(imp * 0.5, 3, "log"), log, rtol=1e-3, atol=1e-4)
+    # and pulls a weak local channel harder: d/dI1min = -1 / I1min
+    row = jnp.asarray([[0.5, 0.3, 0.02, 0.1, 0.08]], jnp.float32)
+    g = jax.grad(lambda x: losses.disorder_loss(x, 3, "log")[0])(row)
+    np.testing.assert_allclose(float(g[0, 2]), -1 / (0.02 + losses.LOG_EPS), rtol=1e-5)
+    np.testing.assert_allclose(float(g[0, 3]), 1 / (0.1 + losses.LOG_EPS), rtol=1e-5)
+
+
+def test_violation_anatomy_names_the_weakest_local_channel():
+    imp = jnp.asarray(
+        [
+            [0.40, 0.30, 0.05, 0.10, 0.15],  # violates: channel 2 is the weakest, and 0.15 < 0.30
+            [0.40, 0.10, 0.20, 0.25, 0.05],  # violates: channel 1 weakest, 0.25 > 0.20 too
+            [0.50, 0.30, 0.15, 0.03, 0.02],  # ordered
+        ],
+        jnp.float32,
+    )
+    weakest, but_weakest = losses.violation_anatomy(imp, 3)
+    np.testing.assert_array_equal(np.asarray(weakest), [[0, 0, 1], [0, 1, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(np.asarray(but_weakest), [0, 1, 0])

@@ -59,6 +59,10 @@ class FinalEvalMetrics(metrics.Collection):
     # summed skewness and violations: the objective measured where it was asked to hold.
     trusted: MaskedSum.from_output("trusted")
     index_counts: MaskedSum.from_output("index_counts")  # [C - k, L]
+    # [k]: of the violating samples, how many have each local channel as their weakest, and
+    # the violations that would remain without the weakest local channel of each sample.
+    weakest_local: MaskedSum.from_output("weakest_local")
+    violation_rate_but_weakest: metrics.Average.from_output("violations_but_weakest")
 
 
 def make_final_eval_step(config: ml_collections.ConfigDict):
@@ -76,6 +80,7 @@ def make_final_eval_step(config: ml_collections.ConfigDict):
         skew = jnp.sum(imp[:, :k], -1)
         violations = losses.disorder_violations(imp, k)
         ok = steps.correct(ref_logits, labels)
+        weakest, but_weakest = losses.violation_anatomy(imp, k)
         return FinalEvalMetrics.single_from_model_output(
             correct=steps.correct(out["logits"], labels),
             local_correct=steps.correct(out["local_logits"], labels),
@@ -86,6 +91,8 @@ def make_final_eval_step(config: ml_collections.ConfigDict):
             importance=imp,
             trusted=jnp.stack([ok, ok * skew, ok * violations], -1),
             index_counts=jnp.sum(onehot, axis=(1, 2)),  # [B, C - k, L]
+            weakest_local=weakest,
+            violations_but_weakest=but_weakest,
             mask=batch["mask"],
         )
 
@@ -131,6 +138,13 @@ def evaluate_agilenn(
         "trusted_skewness": float(s["trusted"][1] / max(s["trusted"][0], 1.0)),
         "trusted_violation_rate": float(s["trusted"][2] / max(s["trusted"][0], 1.0)),
         "mean_channel_importance": (s["importance"] / n).round(5).tolist(),
+        # Where violations come from: on CIFAR-10 one weak local channel holds most of them.
+        "violations_weakest_local_share": (
+            s["weakest_local"] / max(float(s["weakest_local"].sum()), 1.0)
+        )
+        .round(4)
+        .tolist(),
+        "violation_rate_without_weakest_local": float(s["violation_rate_but_weakest"]),
         "alpha": float(model.apply(state.variables(), method="alpha")),
         "centroids": centroids.round(6).tolist(),
         "collapsed_centroids": collapsed,

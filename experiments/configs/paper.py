@@ -189,8 +189,9 @@ def base() -> ml_collections.ConfigDict:
         image_codec="png",  # edge_only: png | lzw | jpeg | webp | raw (serving/image_codec.py)
         image_quality=90,  # edge_only: jpeg / webp quality
     )
-    # disorder: channel | element | log (losses.disorder_loss). unit_ce: the loss divided by lam, so CE keeps unit weight and
-    # its learning rate whatever lam is (same minimisers as the paper's lam * CE + ...).
+    # disorder: channel | element | log (losses.disorder_loss). unit_ce: the loss divided by lam,
+    # so CE keeps unit weight and its learning rate whatever lam is (same minimisers as the
+    # paper's lam * CE + ...).
     # lam = 1.0 is plain CE: the training step skips IG (the final evaluation still measures it).
     # lam = 0.3 with unit_ce: on CIFAR-10 at the CPU budget (3 seeds, README) it reaches
     # skewness >= rho on every seed at the accuracy of the old default, 0.8 (paper-weighted),

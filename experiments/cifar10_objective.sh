@@ -13,6 +13,7 @@
 #   el        loss.disorder=element (every violating pair gets a gradient, not only max/min)
 #   log       loss.disorder=log (max(0, log max(I2) - log min(I1)): pulls a weak local channel
 #             up 1/I1 times harder)
+#   kN        model.k=N local channels (default 5 of 24; Algorithm 1 keeps the N most frequent)
 #   all       xai.trust_correct_only=False (the XAI terms on every sample, not only where the
 #             frozen reference is right)
 #   trkLR     xai.reference_lr=LR (e.g. trk0.01): the reference takes an SGD step of its own CE
@@ -41,6 +42,7 @@ for s in "${SEEDS[@]}"; do
       case $x in
         el) args+=(--config.loss.disorder=element) ;;
         log) args+=(--config.loss.disorder=log) ;;
+        k[0-9]*) args+=(--config.model.k="${x:1}") ;;
         all) args+=(--config.xai.trust_correct_only=False) ;;
         trk*) args+=(--config.xai.reference_lr="${x:3}") ;;
         eff)

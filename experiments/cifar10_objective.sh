@@ -22,8 +22,8 @@
 #             ROOT/ref_eff_sSEED)
 # Each run writes ROOT/NAME_sSEED/results.json; finished runs are skipped, unfinished ones resume.
 # launch.main applies its host tuning itself (agilenn_jax/host_tuning.py: 1.5-1.8x on this
-# config, README "Benchmarks"). Expected runtime on 2 cores: ~10 min per reference (3 epochs), ~4 min
-# per AgileNN epoch (~2.5 min with ce) plus ~2 min of pre-selection and evaluation.
+# config, README "Benchmarks"). Expected runtime on 2 cores: ~10 min per reference (3 epochs),
+# ~4 min per AgileNN epoch (~2.5 min with ce) plus ~2 min of pre-selection and evaluation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$1

@@ -20,9 +20,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-if __name__ == "__main__":  # glibc and XLA:CPU settings need a fresh process: see host_tuning
-    from agilenn_jax import host_tuning
+from agilenn_jax import host_tuning  # noqa: E402  (standard library only)
 
+if __name__ == "__main__":  # glibc and XLA:CPU settings need a fresh process: see host_tuning
     host_tuning.reexec_tuned()
 
 import jax  # noqa: E402
@@ -57,7 +57,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    if os.environ.get("AGILENN_HOST_TUNING") == "applied":
+    if host_tuning.applied():
         logging.info(
             "host tuning applied (glibc malloc, XLA:CPU scheduler); XLA_FLAGS=%r",
             os.environ.get("XLA_FLAGS", ""),

@@ -13,6 +13,8 @@
 #   el        loss.disorder=element (every violating pair gets a gradient, not only max/min)
 #   log       loss.disorder=log (max(0, log max(I2) - log min(I1)): pulls a weak local channel
 #             up 1/I1 times harder)
+#   mgM       loss.disorder_margin=M (e.g. mg0.05): local channels must lead offloaded ones by M
+#   dwW       loss.disorder_weight=W (e.g. dw10): the ordering hinge weighted W times
 #   kN        model.k=N local channels (default 5 of 24; Algorithm 1 keeps the N most frequent)
 #   all       xai.trust_correct_only=False (the XAI terms on every sample, not only where the
 #             frozen reference is right)
@@ -42,6 +44,8 @@ for s in "${SEEDS[@]}"; do
       case $x in
         el) args+=(--config.loss.disorder=element) ;;
         log) args+=(--config.loss.disorder=log) ;;
+        mg*) args+=(--config.loss.disorder_margin="${x:2}") ;;
+        dw*) args+=(--config.loss.disorder_weight="${x:2}") ;;
         k[0-9]*) args+=(--config.model.k="${x:1}") ;;
         all) args+=(--config.xai.trust_correct_only=False) ;;
         trk*) args+=(--config.xai.reference_lr="${x:3}") ;;

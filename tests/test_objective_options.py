@@ -161,3 +161,41 @@ def test_violation_anatomy_names_the_weakest_local_channel():
     weakest, but_weakest = losses.violation_anatomy(imp, 3)
     np.testing.assert_array_equal(np.asarray(weakest), [[0, 0, 1], [0, 1, 0], [0, 0, 0]])
     np.testing.assert_array_equal(np.asarray(but_weakest), [0, 1, 0])
+
+
+@pytest.mark.parametrize("mode", losses.DISORDER_MODES)
+def test_disorder_margin_also_penalises_ordered_samples_closer_than_the_margin(mode):
+    # ordered (0.20 > 0.15) but closer than 0.1: zero without a margin, positive with one
+    near = jnp.asarray([[0.40, 0.20, 0.15, 0.12]], jnp.float32)
+    far = jnp.asarray([[0.45, 0.40, 0.10, 0.05]], jnp.float32)
+    assert float(losses.disorder_loss(near, 2, mode)[0]) == 0.0
+    margin = 0.1 if mode != "log" else 0.5
+    assert float(losses.disorder_loss(near, 2, mode, margin)[0]) > 0.0
+    assert float(losses.disorder_loss(far, 2, mode, margin)[0]) == 0.0
+    if mode == "channel":
+        np.testing.assert_allclose(losses.disorder_loss(near, 2, mode, 0.1), [0.05], atol=1e-6)
+
+
+def test_disorder_weight_scales_the_ordering_term_alone():
+    rng = np.random.default_rng(2)
+    logits = jnp.asarray(rng.normal(size=(16, 10)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, 16))
+    imp = jax.nn.softmax(jnp.asarray(rng.normal(size=(16, 8)), jnp.float32))
+    trust = jnp.ones(16)
+    base, parts = losses.agilenn_loss(logits, labels, imp, trust, 3, 0.8, 0.3)
+    heavy, parts_h = losses.agilenn_loss(
+        logits, labels, imp, trust, 3, 0.8, 0.3, disorder_weight=10.0
+    )
+    assert float(parts["disorder_loss"]) > 0
+    np.testing.assert_allclose(float(parts_h["disorder_loss"]), float(parts["disorder_loss"]))
+    np.testing.assert_allclose(
+        float(heavy - base), 0.7 * 9.0 * float(parts["disorder_loss"]), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("field", ["disorder_margin", "disorder_weight"])
+def test_negative_disorder_margin_or_weight_is_a_clear_error(field):
+    c = smoke_config()
+    c.loss[field] = -0.1
+    with pytest.raises(ValueError, match=rf"loss\.{field} must be >= 0"):
+        experiment.validate_config(c)

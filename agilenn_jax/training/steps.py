@@ -212,6 +212,8 @@ def make_agilenn_train_step(
                 lc.lam,
                 lc.disorder,
                 lc.get("unit_ce", False),
+                lc.get("disorder_margin", 0.0),
+                lc.get("disorder_weight", 1.0),
             )
             parts.update(
                 skewness=jnp.mean(jnp.sum(imp[:, :k], -1)),

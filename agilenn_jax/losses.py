@@ -67,6 +67,8 @@ def agilenn_loss(
     unit_ce: bool = False,
     disorder_margin: float = 0.0,
     disorder_weight: float = 1.0,
+    reference_logits: jax.Array | None = None,
+    reference_ce_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """lam * CE + (1 - lam) * (L_skew + w * L_disorder); XAI terms averaged over trusted samples.
 
@@ -74,14 +76,30 @@ def agilenn_loss(
     but CE's step size no longer shrinks with lam, so a small lam is not also a small learning
     rate for the classifier. ``disorder_weight`` (w, 1 in the paper) and ``disorder_margin``
     (see ``disorder_loss``) strengthen the ordering term alone; the skewness term is untouched.
+
+    ``reference_ce_weight`` (mu, ours; 0 in the paper) adds mu * CE of the frozen reference on
+    the features (``reference_logits``, the logits IG already computed) to the XAI terms. Why:
+    the XAI terms only count where the reference is right, so an extractor that drifts until the
+    reference is wrong escapes them; on CIFAR-10 the trusted fraction fell from 0.40 to 0.16
+    within 300 steps once the ordering hinge had a margin. The anchor keeps the features legible
+    to the reference, and so IG meaningful and the trust mask wide.
     """
     ce = jnp.mean(cross_entropy(logits, labels))
     skew = masked_mean(skewness_loss(importance, k, rho), trust)
     dis = masked_mean(disorder_loss(importance, k, disorder_mode, disorder_margin), trust)
-    loss = lam * ce + (1.0 - lam) * (skew + disorder_weight * dis)
+    xai_terms = skew + disorder_weight * dis
+    parts = {"ce": ce, "skew_loss": skew, "disorder_loss": dis}
+    if reference_logits is not None:
+        ref_ce = jnp.mean(cross_entropy(reference_logits, labels))
+        parts["reference_ce"] = ref_ce
+        if reference_ce_weight:
+            xai_terms = xai_terms + reference_ce_weight * ref_ce
+    elif reference_ce_weight:
+        raise ValueError("reference_ce_weight > 0 needs reference_logits")
+    loss = lam * ce + (1.0 - lam) * xai_terms
     if unit_ce:
         loss = loss / lam
-    return loss, {"ce": ce, "skew_loss": skew, "disorder_loss": dis}
+    return loss, parts
 
 
 def disorder_violations(importance: jax.Array, k: int) -> jax.Array:

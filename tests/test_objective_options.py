@@ -199,3 +199,62 @@ def test_negative_disorder_margin_or_weight_is_a_clear_error(field):
     c.loss[field] = -0.1
     with pytest.raises(ValueError, match=rf"loss\.{field} must be >= 0"):
         experiment.validate_config(c)
+
+
+def test_reference_ce_anchor_joins_the_xai_terms():
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(rng.normal(size=(16, 10)), jnp.float32)
+    ref_logits = jnp.asarray(rng.normal(size=(16, 10)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, 16))
+    imp = jax.nn.softmax(jnp.asarray(rng.normal(size=(16, 8)), jnp.float32))
+    trust = jnp.asarray(rng.integers(0, 2, 16), jnp.float32)
+    base, parts = losses.agilenn_loss(logits, labels, imp, trust, 3, 0.8, 0.3)
+    off, parts_off = losses.agilenn_loss(
+        logits, labels, imp, trust, 3, 0.8, 0.3, reference_logits=ref_logits
+    )
+    on, _ = losses.agilenn_loss(
+        logits,
+        labels,
+        imp,
+        trust,
+        3,
+        0.8,
+        0.3,
+        unit_ce=True,
+        reference_logits=ref_logits,
+        reference_ce_weight=2.0,
+    )
+    ref_ce = float(jnp.mean(losses.cross_entropy(ref_logits, labels)))
+    assert "reference_ce" not in parts
+    np.testing.assert_allclose(float(parts_off["reference_ce"]), ref_ce, rtol=1e-6)
+    np.testing.assert_allclose(float(off), float(base), rtol=1e-6)  # logged, not weighted
+    # on every sample, not only trusted ones; scaled by (1 - lam) and, with unit CE, by 1 / lam
+    np.testing.assert_allclose(float(on), (float(base) + 0.7 * 2.0 * ref_ce) / 0.3, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs reference_logits"):
+        losses.agilenn_loss(logits, labels, imp, trust, 3, 0.8, 0.3, reference_ce_weight=1.0)
+
+
+def test_reference_ce_anchor_pulls_the_extractor_towards_the_reference():
+    """One step with the anchor lowers the frozen reference's CE on the batch more than without."""
+    data, host_batch = fake_data_and_batch()
+    mesh = make_mesh()
+    ref_ce = {}
+    for mu in (0.0, 50.0):
+        c = smoke_config()
+        c.loss.reference_ce_weight = mu
+        template = stages.agilenn_state_template(c, data, mesh)
+        step = jit_train_step(steps.make_agilenn_train_step(c), mesh)
+        batch = shard_batch(host_batch, mesh)
+        state, m0 = step(template, batch, jax.random.key(0))
+        _, m1 = step(state, batch, jax.random.key(0))
+        ref_ce[mu] = (float(m0.compute()["reference_ce"]), float(m1.compute()["reference_ce"]))
+        assert 0.0 <= float(m1.compute()["reference_accuracy"]) <= 1.0
+    assert ref_ce[0.0][0] == pytest.approx(ref_ce[50.0][0])  # same start
+    assert ref_ce[50.0][1] < ref_ce[0.0][1]
+
+
+def test_negative_reference_ce_weight_is_a_clear_error():
+    c = smoke_config()
+    c.loss.reference_ce_weight = -1.0
+    with pytest.raises(ValueError, match=r"loss\.reference_ce_weight must be >= 0"):
+        experiment.validate_config(c)

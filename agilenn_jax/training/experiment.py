@@ -67,6 +67,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"loss.disorder must be one of {losses.DISORDER_MODES}")
     if lo.get("disorder_margin", 0.0) < 0.0:
         raise ValueError(f"loss.disorder_margin must be >= 0, got {lo.disorder_margin}")
+    if lo.get("reference_ce_weight", 0.0) < 0.0:
+        raise ValueError(f"loss.reference_ce_weight must be >= 0, got {lo.reference_ce_weight}")
     if lo.get("disorder_weight", 1.0) < 0.0:
         raise ValueError(f"loss.disorder_weight must be >= 0, got {lo.disorder_weight}")
     if x.method not in xai.METHODS or x.rule not in xai.RULES or x.target not in xai.TARGETS:

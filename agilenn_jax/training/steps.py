@@ -49,6 +49,8 @@ class AgileNNTrainMetrics(metrics.Collection):
     skewness: metrics.Average.from_output("skewness")
     violation_rate: metrics.Average.from_output("violation_rate")
     trusted_fraction: metrics.Average.from_output("trusted_fraction")
+    reference_accuracy: metrics.Average.from_output("reference_accuracy")  # frozen ref, features
+    reference_ce: metrics.Average.from_output("reference_ce")
 
 
 @flax.struct.dataclass
@@ -214,11 +216,14 @@ def make_agilenn_train_step(
                 lc.get("unit_ce", False),
                 lc.get("disorder_margin", 0.0),
                 lc.get("disorder_weight", 1.0),
+                ref_logits,
+                lc.get("reference_ce_weight", 0.0),
             )
             parts.update(
                 skewness=jnp.mean(jnp.sum(imp[:, :k], -1)),
                 violation_rate=jnp.mean(losses.disorder_violations(imp, k)),
                 trusted_fraction=jnp.mean(trust),
+                reference_accuracy=jnp.mean(ref_ok),
             )
             return loss, (out, upd["batch_stats"], parts)
 

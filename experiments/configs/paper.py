@@ -199,8 +199,16 @@ def base() -> ml_collections.ConfigDict:
     # recommends lam 0.2-0.4 (its Fig 10).
     # disorder_margin / disorder_weight: the ordering hinge asks local channels to lead by this
     # margin, and is weighted by this much (0 and 1 in the paper; losses.agilenn_loss).
+    # reference_ce_weight: the frozen reference's CE on the features joins the XAI terms, so the
+    # extractor cannot escape them by drifting until the reference is wrong (0 in the paper).
     c.loss = dict(
-        lam=0.3, rho=0.8, disorder="channel", unit_ce=True, disorder_margin=0.0, disorder_weight=1.0
+        lam=0.3,
+        rho=0.8,
+        disorder="channel",
+        unit_ce=True,
+        disorder_margin=0.0,
+        disorder_weight=1.0,
+        reference_ce_weight=0.0,
     )
     c.preselect = dict(enabled=True, num_samples=5000)
     c.reference_train = common.sgd(epochs=50)

@@ -112,6 +112,21 @@ def test_preselection_permutation_is_exact(reference_workdir):
         ref_fn(f_new), module.apply(ref.variables(), x), rtol=1e-4, atol=1e-4
     )
 
+    # preselect.exclude moves the named channels behind every other, keeping the rest's order
+    config.preselect.exclude = (int(perm[0]), int(perm[-1]))
+    perm_x, freq_x = stages.preselect_channels(config, ref, ctx)
+    np.testing.assert_array_equal(freq_x, freq)
+    np.testing.assert_array_equal(perm_x[:-2], [ch for ch in perm if ch not in (perm[0], perm[-1])])
+    assert sorted(perm_x[-2:].tolist()) == sorted([int(perm[0]), int(perm[-1])])
+
+
+@pytest.mark.parametrize("exclude", [(8,), (-1,), (1, 1), (0, 1, 2, 3, 4, 5, 6)])
+def test_bad_preselect_exclude_is_a_clear_error(exclude):
+    config = smoke_config()  # 8 extractor channels, 2 local
+    config.preselect.exclude = exclude
+    with pytest.raises(ValueError, match=r"preselect\.exclude"):
+        experiment.validate_config(config)
+
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="no AgileNN checkpoint"):

@@ -80,6 +80,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"xai.reference_lr must be >= 0 (0 = frozen reference), got {x.reference_lr}"
         )
+    c_out = int(m.extractor_channels[-1])
+    exclude = tuple(config.preselect.get("exclude", ()))
+    if any(not 0 <= int(ch) < c_out for ch in exclude) or len(set(exclude)) != len(exclude):
+        raise ValueError(
+            f"preselect.exclude must list distinct extractor channels in [0, {c_out}), "
+            f"got {exclude}"
+        )
+    if c_out - len(exclude) < num_local_channels(config):
+        raise ValueError(
+            f"preselect.exclude leaves {c_out - len(exclude)} channels for "
+            f"{num_local_channels(config)} local ones"
+        )
     if x.chunk < 0:
         raise ValueError(f"xai.chunk must be >= 0 (0 = all IG points at once), got {x.chunk}")
     devices = jax.device_count()

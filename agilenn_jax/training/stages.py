@@ -140,8 +140,9 @@ def preselect_channels(
     sums = evaluate(jit_eval_step(fn, ctx.mesh), ref_state.replace(frozen=ident), ctx, subset)
     sums = sums.compute()
     freq = np.asarray(sums["hits"], np.float64) / n
-    # Most frequent first; ties broken by mean importance.
-    perm = np.lexsort((-np.asarray(sums["importance"]), -freq))
+    # Most frequent first; ties broken by mean importance; excluded channels last.
+    excluded = np.isin(np.arange(c), np.asarray(config.preselect.get("exclude", ()), int))
+    perm = np.lexsort((-np.asarray(sums["importance"]), -freq, excluded))
     return perm.astype(np.int32), freq
 
 

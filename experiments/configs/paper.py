@@ -210,7 +210,9 @@ def base() -> ml_collections.ConfigDict:
         disorder_weight=1.0,
         reference_ce_weight=0.0,
     )
-    c.preselect = dict(enabled=True, num_samples=5000)
+    # exclude: extractor channels Algorithm 1 may not keep on the device (an ablation: is the
+    # weak local channel of the CIFAR-10 runs a property of that channel or of the slot?)
+    c.preselect = dict(enabled=True, num_samples=5000, exclude=())
     c.reference_train = common.sgd(epochs=50)
     c.train = common.sgd(epochs=200)
     c.eval_batch_size = 256

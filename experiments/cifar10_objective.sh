@@ -15,6 +15,9 @@
 #             up 1/I1 times harder)
 #   mgM       loss.disorder_margin=M (e.g. mg0.05): local channels must lead offloaded ones by M
 #   dwW       loss.disorder_weight=W (e.g. dw10): the ordering hinge weighted W times
+#   rcMU      loss.reference_ce_weight=MU (e.g. rc0.5): the frozen reference's CE on the features
+#             joins the XAI terms, so the extractor cannot escape them by confusing the reference
+#   xN        preselect.exclude=(N,): Algorithm 1 may not keep extractor channel N on the device
 #   kN        model.k=N local channels (default 5 of 24; Algorithm 1 keeps the N most frequent)
 #   all       xai.trust_correct_only=False (the XAI terms on every sample, not only where the
 #             frozen reference is right)
@@ -45,7 +48,9 @@ for s in "${SEEDS[@]}"; do
         el) args+=(--config.loss.disorder=element) ;;
         log) args+=(--config.loss.disorder=log) ;;
         mg*) args+=(--config.loss.disorder_margin="${x:2}") ;;
+        rc*) args+=(--config.loss.reference_ce_weight="${x:2}") ;;
         dw*) args+=(--config.loss.disorder_weight="${x:2}") ;;
+        x[0-9]*) args+=(--config.preselect.exclude="(${x:1},)") ;;
         k[0-9]*) args+=(--config.model.k="${x:1}") ;;
         all) args+=(--config.xai.trust_correct_only=False) ;;
         trk*) args+=(--config.xai.reference_lr="${x:3}") ;;

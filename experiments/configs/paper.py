@@ -27,12 +27,13 @@ scale=cpu (2 CPU cores): same method, losses and quantizer; the input stays at i
 stacks, 3 reference + 4 AgileNN epochs. cifar10 reads the shared ImageFolder tarball (train
 only, so it evaluates on a seeded 10% hold-out):
     python -m launch.main --config=experiments/configs/paper.py:scale=cpu --workdir=/tmp/c10cpu
-  Expected ~60 min on 2 cores (~30 min with the malloc settings of experiments/
-  cifar10_objective.sh: an estimate from its measured ~3 min per reference epoch and ~4.5 min
-  per AgileNN epoch). Measured at 3 + 2 epochs, seeds 0-2, 45k train / 5k val (README,
-  "CIFAR-10 on CPU"): lam=0.3 with unit_ce 0.520 +- 0.045 val accuracy, skewness 0.892 +- 0.054,
-  violations 0.404 +- 0.045; plain CE (loss.lam=1.0) 0.549 +- 0.020. Far below the paper's
-  ~94%: 5 epochs instead of 250, ~10x narrower networks, no pretrained reference.
+  Expected ~30 min on 2 cores with launch.main's host tuning (~60 min with
+  AGILENN_HOST_TUNING=0): an estimate from experiments/cifar10_objective.sh's measured ~3 min
+  per reference epoch and ~4.5 min per AgileNN epoch.
+  Measured at 3 + 2 epochs, seeds 0-2, 45k train / 5k val (README, "CIFAR-10 on CPU"):
+  lam=0.3 with unit_ce 0.520 +- 0.045 val accuracy, skewness 0.892 +- 0.054, violations
+  0.404 +- 0.045; plain CE (loss.lam=1.0) 0.549 +- 0.020. Far below the paper's ~94%: 5 epochs
+  instead of 250, ~10x narrower networks, no pretrained reference.
   The other datasets at scale=cpu are untested (tfds data; tiny_imagenet at 64x64 costs ~4x).
 
 scale=untrained: the paper's networks at 96x96 (the extractor 96x96x3 -> 32x32x24, k=5),

@@ -17,6 +17,7 @@
 #   dwW       loss.disorder_weight=W (e.g. dw10): the ordering hinge weighted W times
 #   rcMU      loss.reference_ce_weight=MU (e.g. rc0.5): the frozen reference's CE on the features
 #             joins the XAI terms, so the extractor cannot escape them by confusing the reference
+#   rR        loss.rho=R (e.g. r0.95): the skewness target
 #   xN        preselect.exclude=(N,): Algorithm 1 may not keep extractor channel N on the device
 #   kN        model.k=N local channels (default 5 of 24; Algorithm 1 keeps the N most frequent)
 #   all       xai.trust_correct_only=False (the XAI terms on every sample, not only where the
@@ -50,6 +51,7 @@ for s in "${SEEDS[@]}"; do
         mg*) args+=(--config.loss.disorder_margin="${x:2}") ;;
         rc*) args+=(--config.loss.reference_ce_weight="${x:2}") ;;
         dw*) args+=(--config.loss.disorder_weight="${x:2}") ;;
+        r[0-9]*) args+=(--config.loss.rho="${x:1}") ;;
         x[0-9]*) args+=(--config.preselect.exclude="(${x:1},)") ;;
         k[0-9]*) args+=(--config.model.k="${x:1}") ;;
         all) args+=(--config.xai.trust_correct_only=False) ;;

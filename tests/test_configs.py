@@ -294,12 +294,22 @@ def test_config_is_locked_and_valid(name, arg):
 @pytest.mark.parametrize("name,arg", list(REPRODUCED), ids=lambda v: str(v))
 def test_variant_reproduces_the_old_file(name, arg):
     # ``method`` and ``baseline.*`` came later (issue 9's baselines); AgileNN never reads them.
-    flat = {k: v for k, v in _flat(_load(name, arg).to_dict()).items() if k not in ADDED_LATER}
+    # The objective options of issue 11 came later too, and sit at the paper's values.
+    full = _flat(_load(name, arg).to_dict())
+    flat = {k: v for k, v in full.items() if k not in ADDED_LATER}
     assert _typed(flat) == _typed(REPRODUCED[(name, arg)])
     assert _load(name, arg).method == "agilenn"
+    assert {k: full[k] for k in PAPER_VALUED} == PAPER_VALUED
 
 
-ADDED_LATER = {"method"} | {f"baseline.{k}" for k in paper.base().baseline}
+# Added by issue 11's ablation; at these values the loss and Algorithm 1 are the paper's.
+PAPER_VALUED = {
+    "loss.disorder_margin": 0.0,
+    "loss.disorder_weight": 1.0,
+    "loss.reference_ce_weight": 0.0,
+    "preselect.exclude": (),
+}
+ADDED_LATER = {"method"} | {f"baseline.{k}" for k in paper.base().baseline} | set(PAPER_VALUED)
 
 
 @pytest.mark.parametrize("scale", ["paper", "cpu"])

@@ -65,12 +65,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"loss.rho must be in (0, 1], got {lo.rho}")
     if lo.disorder not in losses.DISORDER_MODES:
         raise ValueError(f"loss.disorder must be one of {losses.DISORDER_MODES}")
-    if lo.get("disorder_margin", 0.0) < 0.0:
-        raise ValueError(f"loss.disorder_margin must be >= 0, got {lo.disorder_margin}")
-    if lo.get("reference_ce_weight", 0.0) < 0.0:
-        raise ValueError(f"loss.reference_ce_weight must be >= 0, got {lo.reference_ce_weight}")
-    if lo.get("disorder_weight", 1.0) < 0.0:
-        raise ValueError(f"loss.disorder_weight must be >= 0, got {lo.disorder_weight}")
+    for name, default in (
+        ("disorder_margin", 0.0),
+        ("disorder_weight", 1.0),
+        ("reference_ce_weight", 0.0),
+    ):
+        if lo.get(name, default) < 0.0:
+            raise ValueError(f"loss.{name} must be >= 0, got {lo[name]}")
     if x.method not in xai.METHODS or x.rule not in xai.RULES or x.target not in xai.TARGETS:
         raise ValueError(
             f"xai.method/rule/target must be in {xai.METHODS}/{xai.RULES}/{xai.TARGETS}, got "
@@ -87,10 +88,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"preselect.exclude must list distinct extractor channels in [0, {c_out}), "
             f"got {exclude}"
         )
-    if c_out - len(exclude) < num_local_channels(config):
+    k = num_local_channels(config)
+    if c_out - len(exclude) < k:
         raise ValueError(
-            f"preselect.exclude leaves {c_out - len(exclude)} channels for "
-            f"{num_local_channels(config)} local ones"
+            f"preselect.exclude leaves {c_out - len(exclude)} channels for {k} local ones"
         )
     if x.chunk < 0:
         raise ValueError(f"xai.chunk must be >= 0 (0 = all IG points at once), got {x.chunk}")

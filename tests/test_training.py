@@ -15,6 +15,7 @@ from agilenn_jax import host_tuning, inference, input_pipeline, layout
 from agilenn_jax.checkpoint import Checkpointer, CheckpointError
 from agilenn_jax.models import build_agilenn, build_reference, build_reference_nn
 from agilenn_jax.training import experiment, stages, steps
+from agilenn_jax.training import state as state_lib
 from agilenn_jax.training.loop import Context
 from agilenn_jax.training.sharding import jit_train_step, make_mesh, shard_batch
 from tests.conftest import ROOT
@@ -147,6 +148,7 @@ def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
         ("train.batch_size", 0, "batch_size"),
         ("eval_batch_size", 0, "eval_batch_size"),
         ("reference_train.max_to_keep", 0, "max_to_keep"),
+        ("train.checkpoint_every_epochs", 0, "checkpoint_every_epochs"),
     ],
 )
 def test_bad_config_values(tmp_path, key, value, match):
@@ -194,6 +196,33 @@ def test_reference_stage_keeps_its_own_max_to_keep(tmp_path):
     experiment.run(c, wd, "pretrain_reference")
     steps_kept = Checkpointer(os.path.join(wd, layout.REFERENCE_DIR))._mgr.all_steps()
     assert len(steps_kept) == 3, steps_kept
+
+
+def test_checkpoint_every_epochs_saves_those_epochs_and_the_last_step(tmp_path):
+    c = smoke_config()
+    c.reference_train.epochs = 5
+    c.reference_train.max_to_keep = 10
+    c.reference_train.checkpoint_every_epochs = 2
+    c.reference_train.checkpoint_every_steps = 0
+    wd = str(tmp_path / "wd")
+    experiment.run(c, wd, "pretrain_reference")
+    per_epoch = len(input_pipeline.load(c.data, c.seed).train) // c.reference_train.batch_size
+    kept = sorted(Checkpointer(os.path.join(wd, layout.REFERENCE_DIR))._mgr.all_steps())
+    assert kept == [2 * per_epoch, 4 * per_epoch, 5 * per_epoch]
+
+
+def test_init_variables_compiles_once_per_module_and_keeps_the_seed():
+    config = smoke_config()
+    size = config.data.image_size
+    first, again = build_reference(config), build_reference(config)  # equal, not identical
+    a = state_lib.init_variables(first, size, 0)
+    b = state_lib.init_variables(again, size, 0)
+    c = state_lib.init_variables(again, size, 1)
+    assert state_lib._jitted_init(first) is state_lib._jitted_init(again)
+    assert state_lib._jitted_init(first)._cache_size() == 1  # one executable for both seeds
+    chex.assert_trees_all_equal(a, b)
+    kernel = lambda v: v["params"]["extractor"]["dw0"]["kernel"]  # noqa: E731
+    assert not np.array_equal(kernel(a), kernel(c))
 
 
 def test_data_parallel_step_on_8_fake_devices():

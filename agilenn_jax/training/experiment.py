@@ -107,6 +107,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             )
         if tc.log_every_steps <= 0 or tc.eval_every_epochs <= 0 or tc.max_to_keep <= 0:
             raise ValueError(f"{name}: log_every_steps, eval_every_epochs, max_to_keep must be > 0")
+        if tc.get("checkpoint_every_epochs", 1) <= 0:
+            raise ValueError(
+                f"{name}.checkpoint_every_epochs must be > 0 (the last step is always saved), "
+                f"got {tc.checkpoint_every_epochs}"
+            )
     if config.eval_batch_size <= 0 or config.eval_batch_size % devices:
         raise ValueError(
             f"eval_batch_size={config.eval_batch_size} must be a positive multiple of the "

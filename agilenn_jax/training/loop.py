@@ -152,7 +152,8 @@ def fit(state: TrainState, stage: Stage, ctx: Context) -> tuple[TrainState, bool
                 return state, False
             if tc.checkpoint_every_steps > 0 and step % tc.checkpoint_every_steps == 0:
                 save()
-        save()
+        if (epoch + 1) % tc.get("checkpoint_every_epochs", 1) == 0 or step >= total:
+            save()
         if (epoch + 1) % tc.eval_every_epochs == 0 or step >= total:
             with report.timed("eval"):
                 scalars = evaluate(jeval, state, ctx, ctx.data.eval).compute()

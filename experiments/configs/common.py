@@ -96,6 +96,7 @@ def sgd(epochs: int, batch_size: int = 128, lr: float = 0.1) -> ml_collections.C
             warmup_epochs=0,
             log_every_steps=50,
             checkpoint_every_steps=500,
+            checkpoint_every_epochs=1,  # also at the last step; each orbax save costs ~0.5 s
             eval_every_epochs=10,
             stop_after_steps=-1,  # >0: end this invocation after N steps (time-sliced jobs)
             max_to_keep=2,

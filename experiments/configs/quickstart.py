@@ -4,7 +4,10 @@ Command: python -m launch.main --config=experiments/configs/quickstart.py --work
 Expected runtime: ~2.5 min on 2 idle CPU cores (134-156 s wall measured, seeds 0-2; more when
 other jobs share the cores): reference pre-training, Algorithm 1, AgileNN training with inline
 IG, evaluation on a seeded 28% hold-out (503) of the 1,797 images.
-Expected result (measured, seeds 0-2, README "Quick start: 3 seeds"): RESULT_LINE
+Expected result (measured, seeds 0-2, README "Quick start: 3 seeds"): 0.977 +- 0.008 combined
+accuracy (chance is 0.10), remote-only 0.962 +- 0.023, local-only 0.162 +- 0.046 (k=2 of 8
+channels), frozen reference 0.954 +- 0.016, achieved skewness 0.838 +- 0.019 (rho=0.8),
+violation rate 0.068 +- 0.066.
 
 What makes it fast (issue 11; README "Quick start: 3 seeds" has the before/after): the uint8
 digits stay on the device with augmentation in jitted JAX (``data.on_device``; tf.data's

@@ -23,6 +23,10 @@ dataset=digits (scale ignored; the quick start's data, 24x24 input, 30 epochs at
     edge_only 92 ± 3 s, 0.989 ± 0.005     local_only 74 ± 3 s, 0.977 ± 0.012
     deepcod  138 ± 9 s, 0.988 ± 0.002     spinn     114 ± 6 s, 0.985 ± 0.006 (no early exit)
     agilenn: the quick start (498 ± 149 s, 0.979 ± 0.005).
+  Those runs predate issue 11's quick-start speed-ups: the baselines read the digits through
+  host tf.data (add --config.data.on_device=False to reproduce them; the full quick start now
+  keeps them on the device, which changes the augmentation draws), and the AgileNN runs are
+  workdirs/quickstart_seeds_pre11 (README, "Quick start: 3 seeds").
   experiments/compare.sh adds ~1 min per run for export and 500 socket samples.
 dataset=cifar10,scale=cpu: paper.py:scale=cpu's data and networks (32x32, the shared tarball),
   train.epochs=4 for every method (AgileNN also pre-trains its reference 3 epochs).

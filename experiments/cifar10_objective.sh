@@ -13,7 +13,9 @@
 #   el        loss.disorder=element (every violating pair gets a gradient, not only max/min)
 #   log       loss.disorder=log (max(0, log max(I2) - log min(I1)): pulls a weak local channel
 #             up 1/I1 times harder)
-#   mgM       loss.disorder_margin=M (e.g. mg0.05): local channels must lead offloaded ones by M
+#   mgM       loss.disorder_margin=M (e.g. mg0.05): local channels must lead offloaded ones by M.
+#             Without it a variant runs the paper's margin 0 (paper.py defaults to 0.05 since
+#             this ablation; passing 0 keeps the README's rows reproducible)
 #   dwW       loss.disorder_weight=W (e.g. dw10): the ordering hinge weighted W times
 #   rcMU      loss.reference_ce_weight=MU (e.g. rc0.5): the frozen reference's CE on the features
 #             joins the XAI terms, so the extractor cannot escape them by confusing the reference
@@ -43,12 +45,13 @@ for s in "${SEEDS[@]}"; do
     IFS=- read -r base suffixes <<<"$v"
     args=(--config.seed="$s")
     refargs=(--config.seed="$s")
+    margin=0
     ref="$ROOT/ref_s$s"
     for x in ${suffixes//-/ }; do
       case $x in
         el) args+=(--config.loss.disorder=element) ;;
         log) args+=(--config.loss.disorder=log) ;;
-        mg*) args+=(--config.loss.disorder_margin="${x:2}") ;;
+        mg*) margin="${x:2}" ;;
         rc*) args+=(--config.loss.reference_ce_weight="${x:2}") ;;
         dw*) args+=(--config.loss.disorder_weight="${x:2}") ;;
         r[0-9]*) args+=(--config.loss.rho="${x:1}") ;;
@@ -69,6 +72,7 @@ for s in "${SEEDS[@]}"; do
           "${refargs[@]}" 2>"$ref.log"
       touch "$ref/reference.done"
     fi
+    args+=(--config.loss.disorder_margin="$margin")
     case $base in
       ce) args+=(--config.loss.lam=1.0) ;;
       lam*u) args+=(--config.loss.lam="${base:3:-1}" --config.loss.unit_ce=True) ;;

@@ -29,7 +29,9 @@ dataset=digits (scale ignored; the quick start's data, 24x24 input, 30 epochs at
   workdirs/quickstart_seeds_pre11 (README, "Quick start: 3 seeds").
   experiments/compare.sh adds ~1 min per run for export and 500 socket samples.
 dataset=cifar10,scale=cpu: paper.py:scale=cpu's data and networks (32x32, the shared tarball),
-  train.epochs=4 for every method (AgileNN also pre-trains its reference 3 epochs).
+  train.epochs=4 for every method (AgileNN also pre-trains its reference 3 epochs). The README's
+  CIFAR-10 AgileNN run predates paper.py's lam=0.3 / unit_ce / disorder_margin=0.05 defaults:
+  --config.loss.lam=0.8 --config.loss.unit_ce=False --config.loss.disorder_margin=0 gives it.
 scale=paper (GPU; 96x96, the paper's networks, 200 epochs; edge_only/local_only/spinn use a
   stride-2 stem as ImageNet's MobileNetV2, local_only at width 0.35 to fit the MCU):
     python -m launch.main \

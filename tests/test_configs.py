@@ -213,7 +213,7 @@ QUICKSTART = {
     "train.lr": 0.05,
 }
 
-# Issue 11: the full quick start's edits for speed and the objective (quickstart.fast_full_run);
+# Issue 11: the full quick start's edits for speed and the objective (quickstart.full_size_edits);
 # size=fast and smoke.py keep QUICKSTART's values.
 QUICKSTART_FULL = {
     **QUICKSTART,
@@ -315,9 +315,7 @@ def test_variant_reproduces_the_old_file(name, arg):
     flat = {k: v for k, v in full.items() if k not in ADDED_LATER}
     assert _typed(flat) == _typed(REPRODUCED[(name, arg)])
     assert _load(name, arg).method == "agilenn"
-    expected = (
-        {**PAPER_VALUED, **NOT_PAPER_VALUED.get(name, {})} if arg != "size=fast" else PAPER_VALUED
-    )
+    expected = {**PAPER_VALUED, **NOT_PAPER_VALUED.get(name, {})}
     assert {k: full[k] for k in PAPER_VALUED} == expected
 
 

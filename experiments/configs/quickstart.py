@@ -72,7 +72,7 @@ def digits(c: ml_collections.ConfigDict) -> None:
     common.set_networks(c, SMALL_STAGES, 128, remote_width=0.5, reference_width=0.75)
     c.preselect.num_samples = 1000
     # The earlier default, kept here for size=fast and smoke.py (their README numbers were
-    # measured with it); the full run switches to lam = 0.3 with unit CE (fast_full_run).
+    # measured with it); the full run switches to lam = 0.3 with unit CE (full_size_edits).
     c.loss.lam, c.loss.unit_ce = 0.8, False
     c.loss.disorder_margin = 0.0  # the paper's; every quick-start number was measured with it
     c.reference_train.epochs = 15
@@ -81,7 +81,7 @@ def digits(c: ml_collections.ConfigDict) -> None:
     c.eval_batch_size = 128
 
 
-def fast_full_run(c: ml_collections.ConfigDict) -> None:
+def full_size_edits(c: ml_collections.ConfigDict) -> None:
     """The full quick start's edits of ``digits()``: see the module docstring for why."""
     c.data.on_device = True
     c.model.reference_width = 0.5
@@ -101,7 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.reference_train.epochs, c.train.epochs = FAST_EPOCHS
         c.train.lr = FAST_LR
     else:
-        fast_full_run(c)
+        full_size_edits(c)
     c.lock()
     return c
 

@@ -138,7 +138,9 @@ def integrated_gradients(
 
     if remat:
         point = jax.checkpoint(point)
-    if chunk:
+    if len(alphas) == 1:  # m = 2 trapezoid: no batching axis (XLA:CPU lays a size-1 one badly)
+        grads, logits = jax.tree.map(lambda v: v[None], point(alphas[0]))
+    elif chunk:
         grads, logits = jax.lax.map(point, alphas, batch_size=min(chunk, len(alphas)))
     else:
         grads, logits = jax.vmap(point)(alphas)  # [m', B, ...], [m', B, K]

@@ -17,7 +17,8 @@ from agilenn_jax.models import (
     split_channels,
 )
 from agilenn_jax.models.agilenn import feature_shape
-from agilenn_jax.models.layers import DepthwiseConv, same_output_size
+from agilenn_jax.models.layers import DepthwiseConv, pointwise_conv, same_output_size
+from agilenn_jax.models.quantizer import centroid_init, soft_to_hard
 
 RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
 
@@ -42,6 +43,19 @@ class DepthwiseTest(parameterized.TestCase):
         ga = jax.grad(lambda v: jnp.sum(DepthwiseConv(3, stride, "conv").apply(v, x) ** 2))(v)
         gb = jax.grad(lambda v: jnp.sum(DepthwiseConv(3, stride, "taps").apply(v, x) ** 2))(v)
         chex.assert_trees_all_close(ga, gb, rtol=1e-4, atol=1e-4)
+
+
+def test_pointwise_matmul_equals_the_conv_and_keeps_its_parameters():
+    """The CPU path's 1x1 conv is a matrix product: same parameters (names and shapes), same
+    values and gradients as the conv the export lowers."""
+    x = jax.random.normal(jax.random.key(0), (2, 5, 6, 7))
+    conv, mm = pointwise_conv(4, "conv"), pointwise_conv(4, "taps")
+    v = conv.init(RNGS, x)
+    chex.assert_trees_all_equal_shapes(v, mm.init(RNGS, x))
+    chex.assert_trees_all_close(mm.apply(v, x), conv.apply(v, x), atol=1e-5)
+    ga = jax.grad(lambda v, x: jnp.sum(jnp.sin(conv.apply(v, x))), (0, 1))(v, x)
+    gb = jax.grad(lambda v, x: jnp.sum(jnp.sin(mm.apply(v, x))), (0, 1))(v, x)
+    chex.assert_trees_all_close(ga, gb, rtol=1e-5, atol=1e-5)
 
 
 def test_local_and_remote_shapes():
@@ -110,6 +124,32 @@ def test_quantizer_hard_forward_soft_backward():
     assert float(jnp.abs(gp["centroid_logits"]).sum()) > 0  # centroids learn
     assert float(jnp.abs(gx).sum()) > 0  # features get a (soft) gradient
     assert bool(jnp.all(jnp.isfinite(gx)))
+
+
+def _soft_quantized(x, c, softness):
+    """The soft-to-hard rule as plain autodiff sees it: soft + stop_gradient(hard - soft)."""
+    d2 = jnp.square(x[..., None] - c)
+    hard = c[jnp.argmin(d2, -1)]
+    soft = jnp.sum(jax.nn.softmax(-softness * d2, -1) * c, -1)
+    return soft + jax.lax.stop_gradient(hard - soft)
+
+
+class QuantizerGradientTest(parameterized.TestCase):
+    # 13 samples: the CPU backward's pieces (CPU_CHUNK) do not divide the batch; 1-D: no pieces.
+    @parameterized.parameters(((16, 5, 5, 7), 1.0), ((13, 3, 4, 2), 4.0), ((40,), 0.5))
+    def test_closed_form_vjp_equals_autodiff_of_the_soft_value(self, shape, softness):
+        x = jax.random.uniform(jax.random.key(0), shape, minval=-0.5, maxval=6.5)
+        c = 6.0 * jax.nn.sigmoid(
+            centroid_init(8) + 0.3 * jax.random.normal(jax.random.key(1), (8,))
+        )
+        g = jax.random.normal(jax.random.key(2), shape)
+        hard, idx = soft_to_hard(x, c, softness)
+        np.testing.assert_array_equal(np.asarray(hard), np.asarray(c[idx]))
+        got = jax.jit(jax.grad(lambda x, c: jnp.sum(g * soft_to_hard(x, c, softness)[0]), (0, 1)))(
+            x, c
+        )
+        want = jax.grad(lambda x, c: jnp.sum(g * _soft_quantized(x, c, softness)), (0, 1))(x, c)
+        chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-5 * float(jnp.abs(want[1]).max()))
 
 
 def test_quantizer_rejects_one_centroid():

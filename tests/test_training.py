@@ -326,3 +326,18 @@ def test_each_jitted_step_compiles_once():
         for i in range(1, 4):
             state, _ = step(state, batch, jax.random.key(i))
         assert step._cache_size() == compiled
+
+
+def test_unpermute_channels_is_the_gather_exactly_with_its_gradient():
+    """The reference's channel un-permutation is a 0/1 matrix product (no gather in the
+    second-order step): bit-equal to indexing, forward and backward, zeros included."""
+    f = jax.random.uniform(jax.random.key(0), (3, 4, 4, 24), minval=0.0, maxval=6.0)
+    f = f.at[0, 0, 0, :5].set(0.0)
+    inv_perm = jnp.asarray(np.argsort(np.random.default_rng(0).permutation(24)), jnp.int32)
+    np.testing.assert_array_equal(
+        jax.jit(steps.unpermute_channels)(f, inv_perm), np.asarray(f)[..., np.asarray(inv_perm)]
+    )
+    g = jax.random.normal(jax.random.key(1), f.shape)
+    want = jax.grad(lambda f: jnp.sum(g * f[..., inv_perm]))(f)
+    got = jax.jit(jax.grad(lambda f: jnp.sum(g * steps.unpermute_channels(f, inv_perm))))(f)
+    np.testing.assert_array_equal(got, want)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agilenn_jax.models.layers import DepthwiseConv, relu6
+from agilenn_jax.models.layers import DepthwiseConv, pointwise_conv, relu6
 
 
 class FeatureExtractor(nn.Module):
@@ -79,6 +79,6 @@ class FeatureExtractor(nn.Module):
             )(x)
             x = relu6(bn(f"dw{i}_bn")(x))
             pw, pw_bn = self.output_layer_names() if i == last else (f"pw{i}", f"pw{i}_bn")
-            x = nn.Conv(int(c), (1, 1), use_bias=False, dtype=self.dtype, name=pw)(x)
+            x = pointwise_conv(int(c), self.depthwise_impl, self.dtype, name=pw)(x)
             x = relu6(bn(pw_bn)(x))
         return x

@@ -1,6 +1,9 @@
 """Shared layers. ``DepthwiseConv`` exists because XLA:CPU runs grouped convolutions (and their
 first and second derivatives, which the IG step needs) far slower than the same op written as
-k*k shifted multiply-adds; GPUs/TPUs and the TFLite export want the real grouped conv."""
+k*k shifted multiply-adds; GPUs/TPUs and the TFLite export want the real grouped conv. The same
+``impl`` switch runs 1x1 convolutions (``pointwise_conv``) as matrix products on the CPU path:
+XLA:CPU computes a 1x1 conv's kernel gradient as a whole-image "convolution" behind two
+transposes, 3-4x slower than the matrix product it is."""
 
 from typing import Any
 
@@ -19,6 +22,41 @@ def compute_dtype(name: str) -> jnp.dtype:
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"model.dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
     return jnp.dtype(name)
+
+
+def resolve_impl(impl: str) -> str:
+    """``auto`` -> ``taps`` on CPU, ``conv`` elsewhere; anything not in DEPTHWISE_IMPLS is an
+    error."""
+    if impl not in DEPTHWISE_IMPLS:
+        raise ValueError(f"depthwise impl {impl!r} not in {DEPTHWISE_IMPLS}")
+    if impl == "auto":
+        return "taps" if jax.default_backend() == "cpu" else "conv"
+    return impl
+
+
+def _matmul_1x1(x, kernel, window_strides, padding, **kwargs):
+    """``lax.conv_general_dilated`` for flax's ``nn.Conv``, as a matrix product where the conv
+    is one (1x1 kernel, stride 1, NHWC/HWIO, no dilation or groups)."""
+    plain = (
+        kernel.shape[:-2] == (1,) * (kernel.ndim - 2)
+        and all(int(s) == 1 for s in window_strides)
+        and kwargs.get("feature_group_count", 1) == 1
+        and all(int(d) == 1 for d in (kwargs.get("lhs_dilation") or ()))
+        and all(int(d) == 1 for d in (kwargs.get("rhs_dilation") or ()))
+    )
+    if not plain:
+        return jax.lax.conv_general_dilated(x, kernel, window_strides, padding, **kwargs)
+    w = kernel.reshape(kernel.shape[-2:])
+    return jax.lax.dot_general(
+        x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=kwargs.get("precision")
+    )
+
+
+def pointwise_conv(features: int, impl: str = "auto", dtype: Any = jnp.float32, **kw) -> nn.Conv:
+    """A 1x1 conv, no bias: ``nn.Conv`` (same parameters and names, so checkpoints and the
+    export see no difference), computed as a matrix product on the ``taps`` path."""
+    fn = _matmul_1x1 if resolve_impl(impl) == "taps" else jax.lax.conv_general_dilated
+    return nn.Conv(features, (1, 1), use_bias=False, dtype=dtype, conv_general_dilated=fn, **kw)
 
 
 def relu6(x: jax.Array) -> jax.Array:
@@ -50,14 +88,10 @@ class DepthwiseConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.impl not in DEPTHWISE_IMPLS:
-            raise ValueError(f"depthwise impl {self.impl!r} not in {DEPTHWISE_IMPLS}")
+        impl = resolve_impl(self.impl)
         k, s, c = self.kernel_size, self.stride, x.shape[-1]
         w = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c), jnp.float32)
         x, w = jnp.asarray(x, self.dtype), jnp.asarray(w, self.dtype)
-        impl = self.impl
-        if impl == "auto":
-            impl = "taps" if jax.default_backend() == "cpu" else "conv"
         if impl == "conv":
             return jax.lax.conv_general_dilated(
                 x,

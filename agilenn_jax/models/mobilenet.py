@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from agilenn_jax.models.layers import DepthwiseConv, relu6
+from agilenn_jax.models.layers import DepthwiseConv, pointwise_conv, relu6
 
 # (expansion t, output channels c, repeats n, first stride s), Sandler et al. 2018, Table 2.
 MOBILENETV2_STAGES: tuple[tuple[int, int, int, int], ...] = (
@@ -47,7 +47,7 @@ class InvertedResidual(nn.Module):
         bn = lambda: nn.BatchNorm(  # noqa: E731
             use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype
         )
-        conv = lambda c: nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype)  # noqa: E731
+        conv = lambda c: pointwise_conv(c, self.depthwise_impl, self.dtype)  # noqa: E731
         in_ch = x.shape[-1]
         h = x
         if self.expansion != 1:
@@ -95,7 +95,7 @@ class MobileNetV2Stack(nn.Module):
         if not self.head:
             return x
         head = _make_divisible(self.head_channels * max(1.0, self.width))
-        x = nn.Conv(head, (1, 1), use_bias=False, dtype=self.dtype)(x)
+        x = pointwise_conv(head, self.depthwise_impl, self.dtype)(x)
         x = nn.BatchNorm(
             use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype
         )(x)

@@ -1,5 +1,8 @@
 """Soft-to-hard vector quantizer (Agustsson et al. 2017) for the offloaded channels."""
 
+import functools
+from functools import partial
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -47,12 +50,81 @@ def _groups(c: np.ndarray, atol: float) -> list[list[int]]:
     return groups
 
 
+def _soft_stats(x: jax.Array, c: jax.Array, softness: float) -> tuple[jax.Array, ...]:
+    """Soft assignment p [..., L] of each value to each centroid, its mean E[c] and Var[c]."""
+    p = jax.nn.softmax(-softness * jnp.square(x[..., None] - c), axis=-1)
+    mean = jnp.sum(p * c, axis=-1)
+    return p, mean, jnp.sum(p * jnp.square(c - mean[..., None]), axis=-1)  # no cancellation
+
+
+def _soft_grads(x: jax.Array, c: jax.Array, g: jax.Array, softness: float):
+    """(dx, dc) of ``sum(g * soft(x))``, written per centroid (L static terms on arrays of x's
+    shape, never an [..., L] tensor): with p the soft assignment and E its mean,
+    d soft / dx = 2 s Var_p(c) and d soft / dc_l = p_l (1 + 2 s (x - c_l)(c_l - E[c]))."""
+    s, num = softness, c.shape[0]
+    d = [x - c[i] for i in range(num)]
+    z = [-s * jnp.square(di) for di in d]
+    top = functools.reduce(jnp.maximum, z)
+    e = [jnp.exp(zi - top) for zi in z]
+    inv = 1.0 / sum(e[1:], e[0])
+    p = [ei * inv for ei in e]
+    mean = sum((p[i] * c[i] for i in range(1, num)), p[0] * c[0])
+    var = sum(
+        (p[i] * jnp.square(c[i] - mean) for i in range(1, num)), p[0] * jnp.square(c[0] - mean)
+    )
+    terms = [g * p[i] * (1.0 + 2.0 * s * d[i] * (c[i] - mean)) for i in range(num)]
+    zero = [jnp.zeros((), x.dtype)] * num
+    # one variadic reduction: a single pass over the L terms, not L passes
+    sums = jax.lax.reduce(
+        terms, zero, lambda a, b: [u + v for u, v in zip(a, b, strict=True)], tuple(range(x.ndim))
+    )
+    dc = jnp.stack(sums)
+    return g * (2.0 * s) * var, dc
+
+
+# Samples per piece of the CPU backward: ~0.6 MB per array at 32x32x19, so the pieces' L terms
+# stay in cache instead of streaming L arrays of the whole batch through memory.
+CPU_CHUNK = 8
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def soft_to_hard(x: jax.Array, c: jax.Array, softness: float) -> tuple[jax.Array, jax.Array]:
+    """(nearest centroid of every value, its index); gradients are those of the soft value
+    ``sum_l softmax(-softness (x - c)^2)_l c_l`` (the straight-through soft-to-hard rule).
+
+    A custom VJP because autodiff of ``soft + stop_gradient(hard - soft)`` streamed several
+    [..., L] tensors through memory: a fifth of the CPU AgileNN step on CIFAR-10. The backward
+    is closed-form (``_soft_grads``) and, on CPU, runs a few samples at a time (5-6x faster).
+    """
+    indices = jnp.argmin(jnp.square(x[..., None] - c), axis=-1)
+    return c[indices], indices.astype(jnp.int32)
+
+
+def _soft_to_hard_fwd(x, c, softness):
+    return soft_to_hard(x, c, softness), (x, c)
+
+
+def _soft_to_hard_bwd(softness, res, cts):
+    x, c = res
+    g = cts[0]
+    if jax.default_backend() != "cpu" or x.ndim < 2:
+        return _soft_grads(x, c, g, softness)
+    n = x.shape[0]
+    chunk = max(d for d in range(1, CPU_CHUNK + 1) if n % d == 0)
+    pieces = (x.reshape(n // chunk, -1), g.reshape(n // chunk, -1))
+    dx, dc = jax.lax.map(lambda xg: _soft_grads(xg[0], c, xg[1], softness), pieces)
+    return dx.reshape(x.shape), jnp.sum(dc, axis=0)
+
+
+soft_to_hard.defvjp(_soft_to_hard_fwd, _soft_to_hard_bwd)
+
+
 class SoftHardQuantizer(nn.Module):
     """Hard nearest-centroid forward, soft (softmax-weighted) backward.
 
-    Returns ``(quantized, indices)``: the forward value equals the hard centroid exactly, so the
+    Returns ``(quantized, indices)``: the forward value is the hard centroid exactly, so the
     remote NN at training time sees exactly what the server decodes; the gradient flows to both
-    the features and the centroids through the soft assignment.
+    the features and the centroids through the soft assignment (``soft_to_hard``).
 
     Always float32, whatever the model's compute dtype: bfloat16's 8-bit mantissa would move
     distances between nearby centroids (hence indices) and flatten the softmax.
@@ -74,13 +146,7 @@ class SoftHardQuantizer(nn.Module):
     def assignment(self, x: jax.Array) -> jax.Array:
         """Soft assignment probabilities [..., L] of each value to each centroid: what a
         differentiable rate estimate (``losses.rate_bits``) reads."""
-        d2 = jnp.square(jnp.asarray(x, jnp.float32)[..., None] - self.centroids())
-        return jax.nn.softmax(-self.softness * d2, axis=-1)
+        return _soft_stats(jnp.asarray(x, jnp.float32), self.centroids(), self.softness)[0]
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        c = self.centroids()
-        d2 = jnp.square(jnp.asarray(x, jnp.float32)[..., None] - c)
-        indices = jnp.argmin(d2, axis=-1)
-        hard = c[indices]
-        soft = jnp.sum(jax.nn.softmax(-self.softness * d2, axis=-1) * c, axis=-1)
-        return soft + jax.lax.stop_gradient(hard - soft), indices.astype(jnp.int32)
+        return soft_to_hard(jnp.asarray(x, jnp.float32), self.centroids(), float(self.softness))

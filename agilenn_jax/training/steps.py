@@ -121,7 +121,16 @@ def reference_logits_fn(reference: nn.Module, frozen: dict) -> Callable[[jax.Arr
     """
     variables = {"params": frozen["params"], "batch_stats": frozen["batch_stats"]}
     inv_perm = frozen["inv_perm"]
-    return lambda f: reference.apply(variables, f[..., inv_perm], train=False)
+    return lambda f: reference.apply(variables, unpermute_channels(f, inv_perm), train=False)
+
+
+def unpermute_channels(features: jax.Array, inv_perm: jax.Array) -> jax.Array:
+    """``features[..., inv_perm]``, as a product with the 0/1 permutation matrix (exact: one
+    nonzero per column). ``inv_perm`` is data, so indexing would be a gather, and the
+    second-order IG step differentiates it into scatter-adds that XLA:CPU lays out
+    channel-major: ~60 ms of copies per CIFAR-10 step against ~2 ms for the product."""
+    onehot = jax.nn.one_hot(inv_perm, features.shape[-1], dtype=features.dtype, axis=0)
+    return jnp.matmul(features, onehot, precision=jax.lax.Precision.HIGHEST)
 
 
 def channel_attribution(
@@ -160,7 +169,7 @@ def track_reference(
     samples and its IG says little. With ``xai.reference_lr > 0`` it follows the extractor; its
     BN statistics stay frozen, and nothing flows back into AgileNN's parameters.
     """
-    f = jax.lax.stop_gradient(features)[..., frozen["inv_perm"]]
+    f = unpermute_channels(jax.lax.stop_gradient(features), frozen["inv_perm"])
 
     def ce(p):
         logits = reference.apply(

@@ -10,20 +10,25 @@ compilation and two warm-up steps, so data production is included):
   agilenn_mM     the AgileNN step with inline IG at m = M points
   eval           the final evaluation step (accuracy + IG importance), host batches
 and, for the m = 2 step, "today" against this run: today is the step as training ran before
-issue 11 (host tf.data batches, float32, a process without the launcher's host tuning),
-measured in a child process of this same run; this run uses the config's ``data.on_device`` and
-``model.dtype`` and, like ``launch.main``, re-executes itself with ``agilenn_jax.host_tuning``'s
-settings (``AGILENN_HOST_TUNING=0`` measures without them). Peak memory is XLA's estimate for the
-compiled step (arguments + temporaries + outputs) and, where the device reports it, the
-allocator's peak. The epoch-time ratio AgileNN / plain CE is printed (the paper: 3-4x).
+issue 11, measured in a child process of this same run (``throughput_today.py``): the code of
+commit ``TODAY_COMMIT`` (extracted with ``git archive``; its own config file and argument, this
+run's batch size), its host tf.data batches, float32, no host tuning. Without git history it
+falls back to this checkout's step code in that old setting, and says so. This run uses the
+config's ``data.on_device`` and ``model.dtype`` and, like ``launch.main``, re-executes itself
+with ``agilenn_jax.host_tuning``'s settings (``AGILENN_HOST_TUNING=0`` measures without them).
+Peak memory is XLA's estimate for the compiled step (arguments + temporaries + outputs) and,
+where the device reports it, the allocator's peak. The epoch-time ratio AgileNN / plain CE is
+printed (the paper: 3-4x).
 --fake_samples=N replaces the dataset by N random uint8 images of the stored size (loading the
 CIFAR-10 tarball takes minutes on 2 cores; throughput does not depend on the pixels).
 """
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 
@@ -36,6 +41,7 @@ if __name__ == "__main__":  # the launcher's process settings (see agilenn_jax/h
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import throughput_today  # noqa: E402  (beside this file)
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -145,16 +151,67 @@ def time_eval(config, state, data, mesh, iters: int) -> tuple[float, float]:
     return (len(batches) - 1) * bs / (time.perf_counter() - t), peak
 
 
-def _today_in_child() -> tuple[float, float]:
-    """images/s of the m = 2 step as before issue 11, in a fresh untuned process."""
+def _config_spec() -> str:
+    """``file:arg`` of --config (its file name under experiments/configs; the old tree has its
+    own copy). Overrides (--config.x=...) are not passed on: the old config may lack them."""
+    spec = "paper.py:scale=cpu"
+    for a in sys.argv[1:]:
+        if a.startswith("--config="):
+            spec = a.split("=", 1)[1]
+    path, _, arg = spec.partition(":")
+    return os.path.basename(path) + (f":{arg}" if arg else "")
+
+
+def _today_tree(tmp: str) -> str | None:
+    """``TODAY_COMMIT``'s package and configs extracted under ``tmp``; None without git or
+    without that commit in this checkout's history (e.g. a shallow clone)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        archive = subprocess.run(
+            ["git", "-C", repo, "archive", "--format=tar", throughput_today.TODAY_COMMIT]
+            + ["agilenn_jax", "experiments"],
+            check=True,
+            capture_output=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    root = os.path.join(tmp, "today")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
+    return root
+
+
+def _today_in_child(config) -> tuple[tuple[float, float], str]:
+    """images/s of the m = 2 step as before issue 11, in a fresh untuned process, and what ran.
+
+    With git and ``TODAY_COMMIT`` in the history: that commit's own code and config (its step
+    on its host tf.data pipeline). Otherwise today's step code with the old setting (host
+    tf.data, float32, no host tuning), which leaves out every step-code speed-up since."""
+    env = host_tuning.untuned_environ(os.environ)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "today.json")
-        cmd = [sys.executable, os.path.abspath(__file__), "--today_only", f"--json={out}"]
-        cmd += [a for a in sys.argv[1:] if not a.startswith("--json")]
-        subprocess.run(cmd, check=True, env=host_tuning.untuned_environ(os.environ))
+        root = _today_tree(tmp)
+        if root is not None:
+            cmd = [
+                sys.executable,
+                os.path.join(os.path.dirname(os.path.abspath(__file__)), "throughput_today.py"),
+                f"--root={root}",
+                f"--config_spec={_config_spec()}",
+                f"--batch_size={int(config.train.batch_size)}",
+                f"--fake_samples={_FAKE.value}",
+                f"--fake_size={_FAKE_SIZE.value}",
+                f"--iters={_ITERS.value}",
+                f"--json={out}",
+            ]
+            what = f"commit {throughput_today.TODAY_COMMIT}'s code"
+        else:
+            cmd = [sys.executable, os.path.abspath(__file__), "--today_only", f"--json={out}"]
+            cmd += [a for a in sys.argv[1:] if not a.startswith("--json")]
+            what = "this checkout's step code (no git history: step speed-ups not counted)"
+        subprocess.run(cmd, check=True, env=env)
         with open(out) as f:
             got = json.load(f)
-        return float(got["images_per_s"]), float(got["xla_peak_mib"])
+        return (float(got["images_per_s"]), float(got["xla_peak_mib"])), what
 
 
 def main(argv):
@@ -196,7 +253,7 @@ def main(argv):
     setting = (bool(config.data.on_device), str(config.model.dtype), host_tuning.applied())
     today = setting != (False, "float32", False)
     if today:
-        rows["agilenn_m2_today"] = _today_in_child()
+        rows["agilenn_m2_today"], today_what = _today_in_child(config)
 
     dev = jax.devices()
     print(
@@ -213,8 +270,8 @@ def main(argv):
     if today:
         speedup = rows["agilenn_m2"][0] / rows["agilenn_m2_today"][0]
         print(
-            "this run's m=2 step vs today's (host tf.data, float32, no host tuning; measured "
-            f"in a child process of this run): {speedup:.2f}x"
+            "this run's m=2 step vs today's (host tf.data, float32, no host tuning, "
+            f"{today_what}; measured in a child process of this run): {speedup:.2f}x"
         )
     print(f"device allocator peak: {_device_peak_mib():.1f} MiB (nan: not reported, e.g. CPU)")
     if _JSON.value:

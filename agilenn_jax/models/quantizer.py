@@ -1,7 +1,6 @@
 """Soft-to-hard vector quantizer (Agustsson et al. 2017) for the offloaded channels."""
 
 import functools
-from functools import partial
 
 import flax.linen as nn
 import jax
@@ -50,13 +49,6 @@ def _groups(c: np.ndarray, atol: float) -> list[list[int]]:
     return groups
 
 
-def _soft_stats(x: jax.Array, c: jax.Array, softness: float) -> tuple[jax.Array, ...]:
-    """Soft assignment p [..., L] of each value to each centroid, its mean E[c] and Var[c]."""
-    p = jax.nn.softmax(-softness * jnp.square(x[..., None] - c), axis=-1)
-    mean = jnp.sum(p * c, axis=-1)
-    return p, mean, jnp.sum(p * jnp.square(c - mean[..., None]), axis=-1)  # no cancellation
-
-
 def _soft_grads(x: jax.Array, c: jax.Array, g: jax.Array, softness: float):
     """(dx, dc) of ``sum(g * soft(x))``, written per centroid (L static terms on arrays of x's
     shape, never an [..., L] tensor): with p the soft assignment and E its mean,
@@ -87,7 +79,7 @@ def _soft_grads(x: jax.Array, c: jax.Array, g: jax.Array, softness: float):
 CPU_CHUNK = 8
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def soft_to_hard(x: jax.Array, c: jax.Array, softness: float) -> tuple[jax.Array, jax.Array]:
     """(nearest centroid of every value, its index); gradients are those of the soft value
     ``sum_l softmax(-softness (x - c)^2)_l c_l`` (the straight-through soft-to-hard rule).
@@ -146,7 +138,8 @@ class SoftHardQuantizer(nn.Module):
     def assignment(self, x: jax.Array) -> jax.Array:
         """Soft assignment probabilities [..., L] of each value to each centroid: what a
         differentiable rate estimate (``losses.rate_bits``) reads."""
-        return _soft_stats(jnp.asarray(x, jnp.float32), self.centroids(), self.softness)[0]
+        d2 = jnp.square(jnp.asarray(x, jnp.float32)[..., None] - self.centroids())
+        return jax.nn.softmax(-self.softness * d2, axis=-1)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         return soft_to_hard(jnp.asarray(x, jnp.float32), self.centroids(), float(self.softness))

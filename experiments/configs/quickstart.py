@@ -1,13 +1,13 @@
 """Quick start: AgileNN end to end on scikit-learn's bundled handwritten digits (no network).
 
 Command: python -m launch.main --config=experiments/configs/quickstart.py --workdir=/tmp/agilenn_qs
-Expected runtime: ~2.5-3 min on 2 idle CPU cores (150-178 s wall in 5 runs, seeds 0-2; more
-when other jobs share the cores): reference pre-training, Algorithm 1, AgileNN training with inline
-IG, evaluation on a seeded 28% hold-out (503) of the 1,797 images.
-Expected result (measured, seeds 0-2, README "Quick start: 3 seeds"): 0.977 +- 0.008 combined
-accuracy (chance is 0.10), remote-only 0.962 +- 0.023, local-only 0.162 +- 0.046 (k=2 of 8
-channels), frozen reference 0.954 +- 0.016, achieved skewness 0.838 +- 0.019 (rho=0.8),
-violation rate 0.068 +- 0.066.
+Expected runtime: ~2.5 min on 2 idle CPU cores (150 +- 1 s wall, seeds 0-2; more when other
+jobs share the cores): reference pre-training, Algorithm 1, AgileNN training with inline IG,
+evaluation on a seeded 28% hold-out (503) of the 1,797 images.
+Expected result (measured, seeds 0-2, README "Quick start: 3 seeds"): 0.972 +- 0.009 combined
+accuracy (chance is 0.10), remote-only 0.968 +- 0.007, local-only 0.144 +- 0.061 (k=2 of 8
+channels), frozen reference 0.948 +- 0.004, achieved skewness 0.823 +- 0.008 (rho=0.8),
+violation rate 0.095 +- 0.064.
 
 What makes it fast (issue 11; README "Quick start: 3 seeds" has the before/after): the uint8
 digits stay on the device with augmentation in jitted JAX (``data.on_device``; tf.data's

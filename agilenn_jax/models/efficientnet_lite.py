@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agilenn_jax.models import torch_checkpoint
-from agilenn_jax.models.layers import DepthwiseConv, relu6
+from agilenn_jax.models.layers import DepthwiseConv, pointwise_conv, relu6
 
 # (expansion, kernel, output channels, repeats, first stride): efficientnet_lite_builder.py.
 LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
@@ -85,7 +85,7 @@ class MBConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = partial(nn.Conv, kernel_size=(1, 1), use_bias=False, dtype=self.dtype)
+        conv = partial(pointwise_conv, impl=self.depthwise_impl, dtype=self.dtype)
         in_ch = x.shape[-1]
         h = x
         if self.expansion != 1:
@@ -124,7 +124,9 @@ class EfficientNetLite0(nn.Module):
             x = conv(STEM_CHANNELS, (3, 3), (2, 2), "SAME", name="conv_stem")(x)
             x = relu6(_bn(train, "bn0", self.dtype)(x))
         else:
-            x = conv(STEM_CHANNELS, (1, 1), name="mapping_conv")(x)
+            x = pointwise_conv(STEM_CHANNELS, self.depthwise_impl, self.dtype, name="mapping_conv")(
+                x
+            )
             x = relu6(_bn(train, "mapping_bn", self.dtype)(x))
         strides = self.strides or [s for *_, s in LITE0_STAGES]
         i = 0
@@ -134,7 +136,7 @@ class EfficientNetLite0(nn.Module):
                 block = MBConv(t, k, c, stride, self.depthwise_impl, self.dtype, name=f"blocks_{i}")
                 x = block(x, train)
                 i += 1
-        x = conv(HEAD_CHANNELS, (1, 1), name="conv_head")(x)
+        x = pointwise_conv(HEAD_CHANNELS, self.depthwise_impl, self.dtype, name="conv_head")(x)
         x = relu6(_bn(train, "bn1", self.dtype)(x))
         x = jnp.mean(x, axis=(1, 2))
         self.sow("intermediates", "pooled", x)

@@ -26,8 +26,10 @@
 #             frozen reference is right)
 #   trkLR     xai.reference_lr=LR (e.g. trk0.01): the reference takes an SGD step of its own CE
 #             on the features every step, so it follows the extractor (default: frozen)
+#   logit     xai.target=logit (IG of the true-class logit instead of the CE loss, whose
+#             gradient fades on samples the reference is confident about)
 #   eff       the ImageNet-pretrained EfficientNet-Lite0 reference (its own reference run,
-#             ROOT/ref_eff_sSEED)
+#             ROOT/ref_eff_sSEED: ~18 min; its AgileNN runs ~13.5 min at 2 epochs)
 # Each run writes ROOT/NAME_sSEED/results.json; finished runs are skipped, unfinished ones resume.
 # launch.main applies its host tuning itself (agilenn_jax/host_tuning.py: 1.5-1.8x on this
 # config, README "Benchmarks"). Expected runtime on 2 cores: ~10 min per reference (3 epochs),
@@ -59,6 +61,7 @@ for s in "${SEEDS[@]}"; do
         k[0-9]*) args+=(--config.model.k="${x:1}") ;;
         all) args+=(--config.xai.trust_correct_only=False) ;;
         trk*) args+=(--config.xai.reference_lr="${x:3}") ;;
+        logit) args+=(--config.xai.target=logit) ;;
         eff)
           args+=(--config.model.reference_arch=efficientnet_lite0)
           refargs+=(--config.model.reference_arch=efficientnet_lite0)

@@ -120,13 +120,12 @@ class EfficientNetLite0(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = jnp.asarray(x, self.dtype)
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        pointwise = partial(pointwise_conv, impl=self.depthwise_impl, dtype=self.dtype)
         if self.with_stem:
             x = conv(STEM_CHANNELS, (3, 3), (2, 2), "SAME", name="conv_stem")(x)
             x = relu6(_bn(train, "bn0", self.dtype)(x))
         else:
-            x = pointwise_conv(STEM_CHANNELS, self.depthwise_impl, self.dtype, name="mapping_conv")(
-                x
-            )
+            x = pointwise(STEM_CHANNELS, name="mapping_conv")(x)
             x = relu6(_bn(train, "mapping_bn", self.dtype)(x))
         strides = self.strides or [s for *_, s in LITE0_STAGES]
         i = 0
@@ -136,7 +135,7 @@ class EfficientNetLite0(nn.Module):
                 block = MBConv(t, k, c, stride, self.depthwise_impl, self.dtype, name=f"blocks_{i}")
                 x = block(x, train)
                 i += 1
-        x = pointwise_conv(HEAD_CHANNELS, self.depthwise_impl, self.dtype, name="conv_head")(x)
+        x = pointwise(HEAD_CHANNELS, name="conv_head")(x)
         x = relu6(_bn(train, "bn1", self.dtype)(x))
         x = jnp.mean(x, axis=(1, 2))
         self.sow("intermediates", "pooled", x)

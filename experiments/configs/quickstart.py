@@ -1,8 +1,8 @@
 """Quick start: AgileNN end to end on scikit-learn's bundled handwritten digits (no network).
 
 Command: python -m launch.main --config=experiments/configs/quickstart.py --workdir=/tmp/agilenn_qs
-Expected runtime: ~2.5 min on 2 idle CPU cores (150 +- 1 s wall, seeds 0-2; more when other
-jobs share the cores): reference pre-training, Algorithm 1, AgileNN training with inline IG,
+Expected runtime: ~2 min on 2 idle CPU cores (126 +- 7 s wall, seeds 0-2 on commit 04099fd;
+more when other jobs share the cores): reference pre-training, Algorithm 1, AgileNN training with inline IG,
 evaluation on a seeded 28% hold-out (503) of the 1,797 images.
 Expected result (measured, seeds 0-2, README "Quick start: 3 seeds"): 0.972 +- 0.009 combined
 accuracy (chance is 0.10), remote-only 0.968 +- 0.007, local-only 0.144 +- 0.061 (k=2 of 8

@@ -32,8 +32,9 @@
 #             ROOT/ref_eff_sSEED: ~18 min; its AgileNN runs ~13.5 min at 2 epochs)
 # Each run writes ROOT/NAME_sSEED/results.json; finished runs are skipped, unfinished ones resume.
 # launch.main applies its host tuning itself (agilenn_jax/host_tuning.py: 1.5-1.8x on this
-# config, README "Benchmarks"). Expected runtime on 2 cores: ~10 min per reference (3 epochs),
-# ~4 min per AgileNN epoch (~2.5 min with ce) plus ~2 min of pre-selection and evaluation.
+# config, README "Benchmarks"). Expected runtime on 2 cores (commit 04099fd): ~5 min per
+# reference (3 epochs), ~3 min per AgileNN epoch (~2 min with ce) plus ~1 min of pre-selection
+# and evaluation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$1

@@ -2,8 +2,8 @@
 
 Command: python -m launch.main --config=experiments/configs/quickstart.py --workdir=/tmp/agilenn_qs
 Expected runtime: ~2 min on 2 idle CPU cores (126 +- 7 s wall, seeds 0-2 on commit 04099fd;
-more when other jobs share the cores): reference pre-training, Algorithm 1, AgileNN training with inline IG,
-evaluation on a seeded 28% hold-out (503) of the 1,797 images.
+more when other jobs share the cores): reference pre-training, Algorithm 1, AgileNN training
+with inline IG, evaluation on a seeded 28% hold-out (503) of the 1,797 images.
 Expected result (measured, seeds 0-2, README "Quick start: 3 seeds"): 0.972 +- 0.009 combined
 accuracy (chance is 0.10), remote-only 0.968 +- 0.007, local-only 0.144 +- 0.061 (k=2 of 8
 channels), frozen reference 0.948 +- 0.004, achieved skewness 0.823 +- 0.008 (rho=0.8),

@@ -34,7 +34,7 @@ only, so it evaluates on a seeded 10% hold-out):
   CPU"): seed 0 0.596 val accuracy against plain CE's 0.636, violations 0.999 (the frozen
   reference is right on 0.10 of the trained features: the trust-mask escape); seed 1 0.628
   against CE's 0.643, violations 0.343, skewness 0.861; seed 2 escapes too (0.580, 0.967).
-  Seeds 0-2: violations 0.770 +- 0.370 at 0.601 +- 0.024 accuracy.
+  Seeds 0-2: violations 0.770 +- 0.370 at 0.601 +- 0.024 accuracy (CE 0.643 +- 0.007).
   Measured at 3 + 2 epochs, seeds 0-2, 45k train / 5k val (README, "CIFAR-10 on CPU"): the
   defaults (lam=0.3 with unit_ce, disorder_margin=0.05) 0.522 +- 0.036 val accuracy, skewness
   0.897 +- 0.053, violations 0.306 +- 0.047 (0.404 +- 0.045 with the paper's margin 0); plain

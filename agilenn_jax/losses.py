@@ -27,8 +27,10 @@ def disorder_loss(
     """Penalise offloaded channels that outrank a local one, per sample.
 
     ``channel`` (paper): max(0, max(I2) - min(I1)).
-    ``element`` (authors' code variant): mean over all (i in I1, j in I2) pairs of
-    max(0, I2_j - I1_i), so every violating pair gets a gradient, not only the extreme one.
+    ``element`` (ours): mean over all (i in I1, j in I2) pairs of max(0, I2_j - I1_i), so every
+    violating pair gets a gradient, not only the extreme one. (The authors' code compares single
+    H x W elements instead, max over offloaded ones against min over local ones; with ReLU6
+    features the local minimum is almost always a zero, so that is not built here.)
     ``log`` (ours): max(0, log max(I2) - log min(I1)), zero exactly where ``channel`` is. Why:
     on CIFAR-10 most violations come from one local channel whose importance is ~0.02; the
     linear hinge pulls it up as weakly as it pulls a 0.2 one, the log one 1/I1 times harder.

@@ -28,6 +28,8 @@
 #             on the features every step, so it follows the extractor (default: frozen)
 #   logit     xai.target=logit (IG of the true-class logit instead of the CE loss, whose
 #             gradient fades on samples the reference is confident about)
+#   l1        xai.aggregate=l1: a channel's importance is the sum of |IG| over H, W (the authors'
+#             code) instead of |sum of IG| (net, which every row without it uses)
 #   eff       the ImageNet-pretrained EfficientNet-Lite0 reference (its own reference run,
 #             ROOT/ref_eff_sSEED: ~18 min; its AgileNN runs ~13.5 min at 2 epochs)
 # Each run writes ROOT/NAME_sSEED/results.json; finished runs are skipped, unfinished ones resume.
@@ -49,6 +51,7 @@ for s in "${SEEDS[@]}"; do
     args=(--config.seed="$s")
     refargs=(--config.seed="$s")
     margin=0
+    aggregate=net
     ref="$ROOT/ref_s$s"
     for x in ${suffixes//-/ }; do
       case $x in
@@ -63,6 +66,7 @@ for s in "${SEEDS[@]}"; do
         all) args+=(--config.xai.trust_correct_only=False) ;;
         trk*) args+=(--config.xai.reference_lr="${x:3}") ;;
         logit) args+=(--config.xai.target=logit) ;;
+        l1) aggregate=l1 ;;
         eff)
           args+=(--config.model.reference_arch=efficientnet_lite0)
           refargs+=(--config.model.reference_arch=efficientnet_lite0)
@@ -76,7 +80,7 @@ for s in "${SEEDS[@]}"; do
           "${refargs[@]}" 2>"$ref.log"
       touch "$ref/reference.done"
     fi
-    args+=(--config.loss.disorder_margin="$margin")
+    args+=(--config.loss.disorder_margin="$margin" --config.xai.aggregate="$aggregate")
     case $base in
       ce) args+=(--config.loss.lam=1.0) ;;
       lam*u) args+=(--config.loss.lam="${base:3:-1}" --config.loss.unit_ce=True) ;;

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -258,3 +259,13 @@ def test_negative_reference_ce_weight_is_a_clear_error():
     c.loss.reference_ce_weight = -1.0
     with pytest.raises(ValueError, match=r"loss\.reference_ce_weight must be >= 0"):
         experiment.validate_config(c)
+
+
+def test_importance_aggregate_is_validated_and_old_configs_read_as_net():
+    c = smoke_config()
+    assert steps.importance_aggregate(c.xai) == c.xai.aggregate
+    c.xai.aggregate = "sum"
+    with pytest.raises(ValueError, match=r"xai\.aggregate must be one of"):
+        experiment.validate_config(c)
+    old = ml_collections.ConfigDict({k: v for k, v in c.xai.items() if k != "aggregate"})
+    assert steps.importance_aggregate(old) == "net"  # what configs before the option measured

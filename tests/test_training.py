@@ -285,6 +285,11 @@ def test_cli_smoke_run(tmp_path):
     assert RESULT_KEYS <= set(res)
     assert 0.0 <= res["test_accuracy"] <= 1.0 and 0.0 <= res["achieved_skewness"] <= 1.0
     assert res["remote_symbols_per_sample"] == 12 * 12 * 6
+    # The objective under both importance definitions; the trained one is the headline.
+    agg = res["importance_aggregate"]
+    assert set(res["violation_rate_by_aggregate"]) == {"l1", "net"}
+    assert res["violation_rate_by_aggregate"][agg] == pytest.approx(res["disorder_violation_rate"])
+    assert res["skewness_by_aggregate"][agg] == pytest.approx(res["achieved_skewness"])
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd))  # TensorBoard
     # Rerunning evaluates from the checkpoint without retraining.
     r = _cli("--config=experiments/configs/smoke.py", f"--workdir={wd}", "--mode=evaluate")

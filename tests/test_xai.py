@@ -125,3 +125,33 @@ def test_gauss_legendre_beats_trapezoid_at_equal_points():
     assert err("gauss_legendre", 4) < err("trapezoid", 4) / 10
     a, w = xai.path_points(3, "gauss_legendre")
     assert float(w.sum()) == pytest.approx(1.0) and 0 < float(a.min()) < float(a.max()) < 1
+
+
+def test_importance_aggregates_differ_exactly_where_a_channel_cancels():
+    """``net`` = |sum over H, W|, ``l1`` = sum of |.|: a channel whose attributions cancel is
+    unimportant to ``net`` and the largest to ``l1``; with one sign they agree."""
+    attr = np.zeros((1, 2, 2, 3), np.float32)
+    attr[0, :, :, 0] = [[3.0, -3.0], [2.0, -2.0]]  # cancels: net 0, l1 10
+    attr[0, :, :, 1] = [[1.0, 1.0], [1.0, 1.0]]  # 4 either way
+    attr[0, :, :, 2] = [[-1.0, 0.0], [0.0, 0.0]]  # 1 either way
+    np.testing.assert_allclose(xai.channel_importance(attr, "net")[0], [0.0, 0.8, 0.2], atol=1e-6)
+    np.testing.assert_allclose(
+        xai.channel_importance(attr, "l1")[0], [10 / 15, 4 / 15, 1 / 15], atol=1e-6
+    )
+    same_sign = np.abs(attr)
+    np.testing.assert_allclose(
+        xai.channel_importance(same_sign, "net"), xai.channel_importance(same_sign, "l1")
+    )
+    with pytest.raises(ValueError, match="aggregate"):
+        xai.channel_importance(attr, "max")
+
+
+def test_l1_importance_is_differentiable_through_ig():
+    fn, x, y = _net()
+
+    def skew(scale):
+        attr, _ = xai.integrated_gradients(fn, x * scale, y, steps=2)
+        return jnp.mean(xai.channel_importance(attr, "l1")[:, 0])
+
+    g = jax.jit(jax.grad(skew))(jnp.ones((4,)))
+    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 from clu import metrics
 
-from agilenn_jax import bitrate, losses
+from agilenn_jax import bitrate, losses, xai
 from agilenn_jax.models import build_agilenn, build_reference_nn, num_local_channels
 from agilenn_jax.models.agilenn import count_params, feature_shape
 from agilenn_jax.models.quantizer import COLLAPSE_ATOL, collapsed_centroids
@@ -63,6 +63,12 @@ class FinalEvalMetrics(metrics.Collection):
     # the violations that would remain without the weakest local channel of each sample.
     weakest_local: MaskedSum.from_output("weakest_local")
     violation_rate_but_weakest: metrics.Average.from_output("violations_but_weakest")
+    # The objective under each of xai.AGGREGATES, whichever one trained: the two definitions of
+    # a channel's importance disagree most on the channels that matter here (xai.py).
+    skewness_l1: metrics.Average.from_output("skewness_l1")
+    violation_rate_l1: metrics.Average.from_output("violations_l1")
+    skewness_net: metrics.Average.from_output("skewness_net")
+    violation_rate_net: metrics.Average.from_output("violations_net")
 
 
 def make_final_eval_step(config: ml_collections.ConfigDict):
@@ -73,9 +79,11 @@ def make_final_eval_step(config: ml_collections.ConfigDict):
     def eval_step(state: TrainState, batch: dict) -> FinalEvalMetrics:
         labels = batch["label"]
         out = state.apply_fn(state.variables(), batch["image"], train=False)
-        imp, ref_logits = steps.channel_attribution(
+        attr, ref_logits = steps.attribution(
             reference, state.frozen, out["features"], labels, config.xai
         )
+        by_aggregate = {a: xai.channel_importance(attr, a) for a in xai.AGGREGATES}
+        imp = by_aggregate[steps.importance_aggregate(config.xai)]
         onehot = jax.nn.one_hot(out["indices"], num_centroids, dtype=jnp.float32)
         skew = jnp.sum(imp[:, :k], -1)
         violations = losses.disorder_violations(imp, k)
@@ -93,6 +101,10 @@ def make_final_eval_step(config: ml_collections.ConfigDict):
             index_counts=jnp.sum(onehot, axis=(1, 2)),  # [B, C - k, L]
             weakest_local=weakest,
             violations_but_weakest=but_weakest,
+            **{f"skewness_{a}": jnp.sum(v[:, :k], -1) for a, v in by_aggregate.items()},
+            **{
+                f"violations_{a}": losses.disorder_violations(v, k) for a, v in by_aggregate.items()
+            },
             mask=batch["mask"],
         )
 
@@ -137,6 +149,9 @@ def evaluate_agilenn(
         "disorder_violation_rate": float(s["violation_rate"]),
         "trusted_skewness": float(s["trusted"][1] / max(s["trusted"][0], 1.0)),
         "trusted_violation_rate": float(s["trusted"][2] / max(s["trusted"][0], 1.0)),
+        "importance_aggregate": steps.importance_aggregate(config.xai),
+        "skewness_by_aggregate": {a: float(s[f"skewness_{a}"]) for a in xai.AGGREGATES},
+        "violation_rate_by_aggregate": {a: float(s[f"violation_rate_{a}"]) for a in xai.AGGREGATES},
         "mean_channel_importance": (s["importance"] / n).round(5).tolist(),
         # Where violations come from: on CIFAR-10 one weak local channel holds most of them.
         "violations_weakest_local_share": (

@@ -77,6 +77,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"xai.method/rule/target must be in {xai.METHODS}/{xai.RULES}/{xai.TARGETS}, got "
             f"{x.method}/{x.rule}/{x.target}"
         )
+    if x.get("aggregate", "net") not in xai.AGGREGATES:
+        raise ValueError(f"xai.aggregate must be one of {xai.AGGREGATES}, got {x.aggregate!r}")
     if x.get("reference_lr", 0.0) < 0.0:
         raise ValueError(
             f"xai.reference_lr must be >= 0 (0 = frozen reference), got {x.reference_lr}"

@@ -133,15 +133,15 @@ def unpermute_channels(features: jax.Array, inv_perm: jax.Array) -> jax.Array:
     return jnp.matmul(features, onehot, precision=jax.lax.Precision.HIGHEST)
 
 
-def channel_attribution(
+def attribution(
     reference: nn.Module,  # ReferenceNN or EfficientNetLite0: apply(v, f) -> logits
     frozen: dict,
     features: jax.Array,
     labels: jax.Array,
     xc: ml_collections.ConfigDict,
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-channel importance [B, C] of ``features`` for the frozen reference, and its logits."""
-    attr, ref_logits = xai.attribute(
+    """Attributions [B, H, W, C] of ``features`` for the frozen reference, and its logits."""
+    return xai.attribute(
         reference_logits_fn(reference, frozen),
         features,
         labels,
@@ -152,7 +152,23 @@ def channel_attribution(
         chunk=xc.chunk,
         remat=xc.remat,
     )
-    return xai.channel_importance(attr), ref_logits
+
+
+def importance_aggregate(xc: ml_collections.ConfigDict) -> str:
+    """``xai.aggregate``; configs written before it existed measured ``net``."""
+    return xc.get("aggregate", "net")
+
+
+def channel_attribution(
+    reference: nn.Module,
+    frozen: dict,
+    features: jax.Array,
+    labels: jax.Array,
+    xc: ml_collections.ConfigDict,
+) -> tuple[jax.Array, jax.Array]:
+    """Per-channel importance [B, C] of ``features`` for the frozen reference, and its logits."""
+    attr, ref_logits = attribution(reference, frozen, features, labels, xc)
+    return xai.channel_importance(attr, importance_aggregate(xc)), ref_logits
 
 
 def track_reference(

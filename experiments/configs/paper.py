@@ -179,6 +179,8 @@ def base() -> ml_collections.ConfigDict:
         chunk=0,  # IG points per lax.map chunk (memory); 0 = all at once (vmap, fastest)
         remat=False,  # jax.checkpoint each IG point: recompute in the outer gradient
         target="loss",  # loss | logit
+        # A channel's importance over H, W: l1 = sum |IG| (the authors' code) | net = |sum IG|
+        aggregate="net",
         trust_correct_only=True,
         # > 0: the reference takes an SGD step of its own CE on the features every AgileNN step
         # (it follows the extractor); 0: frozen, as the paper.

@@ -24,8 +24,8 @@ from agilenn_jax.training import stages, steps  # noqa: E402
 from agilenn_jax.training.sharding import make_mesh  # noqa: E402
 
 
-def collect(workdir: str) -> tuple[dict[str, np.ndarray], int]:
-    """Per-sample, per-channel statistics over the run's held-out split."""
+def collect(workdir: str) -> tuple[dict[str, np.ndarray], int, str]:
+    """Per-sample, per-channel statistics over the run's held-out split, k, the trained measure."""
     cfg = layout.read_config(workdir)
     data = input_pipeline.load(cfg.data, cfg.seed)
     state, _ = stages.load_agilenn(cfg, data, workdir, make_mesh())
@@ -51,7 +51,8 @@ def collect(workdir: str) -> tuple[dict[str, np.ndarray], int]:
         out = jax.device_get(stats(state, jnp.asarray(b["image"]), jnp.asarray(b["label"])))
         keep = np.asarray(b["mask"]).astype(bool)
         rows.append({key: np.asarray(v)[keep] for key, v in out.items()})
-    return {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}, num_local_channels(cfg)
+    stats = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
+    return stats, num_local_channels(cfg), steps.importance_aggregate(cfg.xai)
 
 
 def report(r: dict[str, np.ndarray], k: int, trained: str) -> None:
@@ -103,5 +104,4 @@ def report(r: dict[str, np.ndarray], k: int, trained: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(__doc__)
-    stats, k = collect(sys.argv[1])
-    report(stats, k, steps.importance_aggregate(layout.read_config(sys.argv[1]).xai))
+    report(*collect(sys.argv[1]))

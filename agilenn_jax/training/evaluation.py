@@ -82,11 +82,12 @@ def make_final_eval_step(config: ml_collections.ConfigDict):
         attr, ref_logits = steps.attribution(
             reference, state.frozen, out["features"], labels, config.xai
         )
+        trained = steps.importance_aggregate(config.xai)
         by_aggregate = {a: xai.channel_importance(attr, a) for a in xai.AGGREGATES}
-        imp = by_aggregate[steps.importance_aggregate(config.xai)]
+        skew_by = {a: jnp.sum(v[:, :k], -1) for a, v in by_aggregate.items()}
+        violations_by = {a: losses.disorder_violations(v, k) for a, v in by_aggregate.items()}
+        imp, skew, violations = by_aggregate[trained], skew_by[trained], violations_by[trained]
         onehot = jax.nn.one_hot(out["indices"], num_centroids, dtype=jnp.float32)
-        skew = jnp.sum(imp[:, :k], -1)
-        violations = losses.disorder_violations(imp, k)
         ok = steps.correct(ref_logits, labels)
         weakest, but_weakest = losses.violation_anatomy(imp, k)
         return FinalEvalMetrics.single_from_model_output(
@@ -101,10 +102,8 @@ def make_final_eval_step(config: ml_collections.ConfigDict):
             index_counts=jnp.sum(onehot, axis=(1, 2)),  # [B, C - k, L]
             weakest_local=weakest,
             violations_but_weakest=but_weakest,
-            **{f"skewness_{a}": jnp.sum(v[:, :k], -1) for a, v in by_aggregate.items()},
-            **{
-                f"violations_{a}": losses.disorder_violations(v, k) for a, v in by_aggregate.items()
-            },
+            **{f"skewness_{a}": v for a, v in skew_by.items()},
+            **{f"violations_{a}": v for a, v in violations_by.items()},
             mask=batch["mask"],
         )
 

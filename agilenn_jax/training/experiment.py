@@ -22,7 +22,7 @@ from agilenn_jax.device_data import DeviceData
 from agilenn_jax.models import efficientnet_lite, method_of, num_local_channels
 from agilenn_jax.models.layers import COMPUTE_DTYPES
 from agilenn_jax.models.reference import REFERENCE_ARCHS
-from agilenn_jax.training import baselines, evaluation, stages
+from agilenn_jax.training import baselines, evaluation, stages, steps
 from agilenn_jax.training.loop import Context
 from agilenn_jax.training.sharding import make_mesh
 
@@ -77,8 +77,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"xai.method/rule/target must be in {xai.METHODS}/{xai.RULES}/{xai.TARGETS}, got "
             f"{x.method}/{x.rule}/{x.target}"
         )
-    if x.get("aggregate", "net") not in xai.AGGREGATES:
-        raise ValueError(f"xai.aggregate must be one of {xai.AGGREGATES}, got {x.aggregate!r}")
+    if (aggregate := steps.importance_aggregate(x)) not in xai.AGGREGATES:
+        raise ValueError(f"xai.aggregate must be one of {xai.AGGREGATES}, got {aggregate!r}")
     if x.get("reference_lr", 0.0) < 0.0:
         raise ValueError(
             f"xai.reference_lr must be >= 0 (0 = frozen reference), got {x.reference_lr}"

@@ -104,6 +104,30 @@ def agilenn_loss(
     return loss, parts
 
 
+def codebook_loss(values: jax.Array, indices: jax.Array, centroids: jax.Array) -> jax.Array:
+    """mean((v - c[index])^2) over the offloaded values, with gradients to the centroids only:
+    the k-means (VQ-VAE codebook) term that pulls each centroid to the mean of its cell.
+
+    Why: the soft-to-hard quantizer's centroids learn from the task loss alone. On CIFAR-10 the
+    XAI terms squeeze the offloaded channels into [0, 1] while the centroids stayed spread over
+    (0, 6): one code held 88% of the values, three collapsed into one, and the remote NN saw
+    little more than "value > 1" (README, "CIFAR-10 on CPU"). Written with per-centroid counts
+    and sums, so its gradient 2 n_l (c_l - mean_l) / N needs no scatter over the batch.
+    """
+    x = jax.lax.stop_gradient(jnp.asarray(values, jnp.float32))
+    idx = jax.lax.stop_gradient(indices)
+    total = jnp.sum(jnp.square(x))
+    for i in range(centroids.shape[0]):
+        cell = idx == i
+        count = jnp.sum(cell, dtype=jnp.float32)
+        total = (
+            total
+            + count * jnp.square(centroids[i])
+            - 2.0 * centroids[i] * jnp.sum(jnp.where(cell, x, 0.0))
+        )
+    return total / x.size
+
+
 def disorder_violations(importance: jax.Array, k: int) -> jax.Array:
     """1.0 where some offloaded channel outranks some local channel."""
     return (jnp.max(importance[:, k:], axis=-1) > jnp.min(importance[:, :k], axis=-1)).astype(

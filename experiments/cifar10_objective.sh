@@ -30,6 +30,7 @@
 #             gradient fades on samples the reference is confident about)
 #   l1        xai.aggregate=l1: a channel's importance is the sum of |IG| over H, W (the authors'
 #             code) instead of |sum of IG| (net, which every row without it uses)
+#   cbW       loss.codebook_weight=W (e.g. cb0.1): a k-means term on the quantizer's centroids
 #   eff       the ImageNet-pretrained EfficientNet-Lite0 reference (its own reference run,
 #             ROOT/ref_eff_sSEED: ~18 min; its AgileNN runs ~13.5 min at 2 epochs)
 # Each run writes ROOT/NAME_sSEED/results.json; finished runs are skipped, unfinished ones resume.
@@ -58,6 +59,7 @@ for s in "${SEEDS[@]}"; do
         el) args+=(--config.loss.disorder=element) ;;
         log) args+=(--config.loss.disorder=log) ;;
         mg*) margin="${x:2}" ;;
+        cb*) args+=(--config.loss.codebook_weight="${x:2}") ;;
         rc*) args+=(--config.loss.reference_ce_weight="${x:2}") ;;
         dw*) args+=(--config.loss.disorder_weight="${x:2}") ;;
         r[0-9]*) args+=(--config.loss.rho="${x:1}") ;;

@@ -269,3 +269,49 @@ def test_importance_aggregate_is_validated_and_old_configs_read_as_net():
         experiment.validate_config(c)
     old = ml_collections.ConfigDict({k: v for k, v in c.xai.items() if k != "aggregate"})
     assert steps.importance_aggregate(old) == "net"  # what configs before the option measured
+
+
+def test_codebook_loss_is_the_kmeans_distortion_with_gradients_to_centroids_only():
+    """Equal to mean((v - c[nearest])^2); d/dc_l = 2 n_l (c_l - mean of its cell) / N; none to v."""
+    v = jax.random.uniform(jax.random.key(0), (3, 4, 4, 5), maxval=3.0)
+    c = jnp.array([0.1, 1.0, 2.5, 5.5])  # 5.5 codes nothing: no gradient
+    idx = jnp.argmin(jnp.square(v[..., None] - c), -1)
+    got = losses.codebook_loss(v, idx, c)
+    np.testing.assert_allclose(got, jnp.mean(jnp.square(v - c[idx])), rtol=1e-5)
+    gc = jax.grad(lambda c: losses.codebook_loss(v, idx, c))(c)
+    for i in range(4):
+        cell = np.asarray(idx == i)
+        mean = np.asarray(v)[cell].mean() if cell.any() else 0.0
+        want = 2.0 * cell.sum() * (c[i] - mean) / v.size
+        np.testing.assert_allclose(gc[i], want, rtol=1e-4, atol=1e-7)
+    assert float(gc[3]) == 0.0
+    gv = jax.grad(lambda v: losses.codebook_loss(v, idx, c))(v)
+    assert float(jnp.max(jnp.abs(gv))) == 0.0
+
+
+@pytest.mark.parametrize("lam", [0.3, 1.0])
+def test_codebook_weight_moves_only_the_centroids_in_one_step(lam):
+    """With every other gradient the same (same start, batch, rng), the codebook term changes the
+    centroids' update and no other parameter's, on the XAI step and on the plain CE step."""
+    data, host_batch = fake_data_and_batch()
+    mesh = make_mesh()
+    after = {}
+    for w in (0.0, 1.0):
+        c = smoke_config()
+        c.loss.lam = lam
+        c.loss.codebook_weight = w
+        experiment.validate_config(c)
+        state = stages.agilenn_state_template(c, data, mesh)
+        step = jit_train_step(steps.make_agilenn_train_step(c, use_xai=lam < 1.0), mesh)
+        state, _ = step(state, shard_batch(host_batch, mesh), jax.random.key(0))
+        after[w] = jax.device_get(state.params)
+    q0, q1 = (after[w].pop("quantizer") for w in (0.0, 1.0))
+    assert not np.allclose(q0["centroid_logits"], q1["centroid_logits"])
+    np.testing.assert_allclose(_flat(after[0.0]), _flat(after[1.0]), rtol=1e-6, atol=1e-8)
+
+
+def test_negative_codebook_weight_is_a_clear_error():
+    c = smoke_config()
+    c.loss.codebook_weight = -0.5
+    with pytest.raises(ValueError, match=r"loss\.codebook_weight must be >= 0"):
+        experiment.validate_config(c)

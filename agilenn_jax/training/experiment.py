@@ -69,6 +69,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("disorder_margin", 0.0),
         ("disorder_weight", 1.0),
         ("reference_ce_weight", 0.0),
+        ("codebook_weight", 0.0),
     ):
         if lo.get(name, default) < 0.0:
             raise ValueError(f"loss.{name} must be >= 0, got {lo[name]}")

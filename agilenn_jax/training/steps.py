@@ -51,6 +51,7 @@ class AgileNNTrainMetrics(metrics.Collection):
     trusted_fraction: metrics.Average.from_output("trusted_fraction")
     reference_accuracy: metrics.Average.from_output("reference_accuracy")  # frozen ref, features
     reference_ce: metrics.Average.from_output("reference_ce")
+    codebook_loss: metrics.Average.from_output("codebook_loss")  # weighted; 0 when off
 
 
 @flax.struct.dataclass
@@ -221,9 +222,16 @@ def make_agilenn_train_step(
                 rngs={"dropout": rng},
                 mutable=["batch_stats"],
             )
+            codebook = 0.0
+            if cw := lc.get("codebook_weight", 0.0):
+                codebook = cw * losses.codebook_loss(
+                    out["features"][..., k:],
+                    out["indices"],
+                    state.apply_fn({"params": params}, method="centroids"),
+                )
             if not use_xai:
                 ce = jnp.mean(losses.cross_entropy(out["logits"], labels))
-                return ce, (out, upd["batch_stats"], {})
+                return ce + codebook, (out, upd["batch_stats"], {})
             imp, ref_logits = channel_attribution(
                 reference, state.frozen, out["features"], labels, xc
             )
@@ -244,7 +252,9 @@ def make_agilenn_train_step(
                 ref_logits,
                 lc.get("reference_ce_weight", 0.0),
             )
+            loss = loss + codebook
             parts.update(
+                codebook_loss=jnp.asarray(codebook, jnp.float32),
                 skewness=jnp.mean(jnp.sum(imp[:, :k], -1)),
                 violation_rate=jnp.mean(losses.disorder_violations(imp, k)),
                 trusted_fraction=jnp.mean(trust),

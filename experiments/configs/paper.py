@@ -221,6 +221,9 @@ def base() -> ml_collections.ConfigDict:
         disorder_margin=0.05,
         disorder_weight=1.0,
         reference_ce_weight=0.0,
+        # > 0: a k-means term pulls each quantizer centroid to the mean of the offloaded values
+        # it codes (losses.codebook_loss; centroids only, 0 in the paper)
+        codebook_weight=0.0,
     )
     # exclude: extractor channels Algorithm 1 may not keep on the device (an ablation: is the
     # weak local channel of the CIFAR-10 runs a property of that channel or of the slot?)

@@ -30,7 +30,9 @@
 #             gradient fades on samples the reference is confident about)
 #   l1        xai.aggregate=l1: a channel's importance is the sum of |IG| over H, W (the authors'
 #             code) instead of |sum of IG| (net, which every row without it uses)
-#   cbW       loss.codebook_weight=W (e.g. cb0.1): a k-means term on the quantizer's centroids
+#   cbW       loss.codebook_weight=W (e.g. cb1): a k-means term on the quantizer's centroids
+#             (paper.py defaults to 1 since this ablation; without the suffix a variant runs 0,
+#             so every earlier row stays reproducible)
 #   eff       the ImageNet-pretrained EfficientNet-Lite0 reference (its own reference run,
 #             ROOT/ref_eff_sSEED: ~18 min; its AgileNN runs ~13.5 min at 2 epochs)
 # Each run writes ROOT/NAME_sSEED/results.json; finished runs are skipped, unfinished ones resume.
@@ -53,13 +55,14 @@ for s in "${SEEDS[@]}"; do
     refargs=(--config.seed="$s")
     margin=0
     aggregate=net
+    codebook=0
     ref="$ROOT/ref_s$s"
     for x in ${suffixes//-/ }; do
       case $x in
         el) args+=(--config.loss.disorder=element) ;;
         log) args+=(--config.loss.disorder=log) ;;
         mg*) margin="${x:2}" ;;
-        cb*) args+=(--config.loss.codebook_weight="${x:2}") ;;
+        cb*) codebook="${x:2}" ;;
         rc*) args+=(--config.loss.reference_ce_weight="${x:2}") ;;
         dw*) args+=(--config.loss.disorder_weight="${x:2}") ;;
         r[0-9]*) args+=(--config.loss.rho="${x:1}") ;;
@@ -82,7 +85,8 @@ for s in "${SEEDS[@]}"; do
           "${refargs[@]}" 2>"$ref.log"
       touch "$ref/reference.done"
     fi
-    args+=(--config.loss.disorder_margin="$margin" --config.xai.aggregate="$aggregate")
+    args+=(--config.loss.disorder_margin="$margin" --config.xai.aggregate="$aggregate"
+        --config.loss.codebook_weight="$codebook")
     case $base in
       ce) args+=(--config.loss.lam=1.0) ;;
       lam*u) args+=(--config.loss.lam="${base:3:-1}" --config.loss.unit_ce=True) ;;

@@ -30,11 +30,12 @@ only, so it evaluates on a seeded 10% hold-out):
   Expected ~18 min on 2 cores with launch.main's host tuning (measured on commit 04099fd,
   seed 0: 5 min reference stage, 13 min AgileNN stage; roughly 1.5-1.8x that with
   AGILENN_HOST_TUNING=0, an estimate).
-  Expected result (seeds 0-2, 45k train / 5k val, README "CIFAR-10 on CPU"): 0.604 +- 0.002
-  val accuracy, skewness 0.863 +- 0.029 (rho = 0.8), disorder violations 0.001 +- 0.000 with
-  importance measured as the authors' code does (xai.aggregate=l1, sum |IG| over H, W). Plain
-  CE on the same model and budget (loss.lam=1.0): 0.643 +- 0.007, skewness 0.32, violations
-  1.000. So the objective holds and accuracy is 3.9 points under plain CE. With the earlier
+  Expected result (seeds 0-2, 45k train / 5k val, README "CIFAR-10 on CPU"): 0.621 +- 0.005
+  val accuracy, skewness 0.890 +- 0.021 (rho = 0.8), disorder violations 0.0003 +- 0.0006 with
+  importance measured as the authors' code does (xai.aggregate=l1, sum |IG| over H, W) and the
+  k-means codebook term (loss.codebook_weight=1; 0.604 +- 0.002 without it). Plain CE on the
+  same model and budget (loss.lam=1.0): 0.643 +- 0.007, skewness 0.32, violations 1.000. So the
+  objective holds and accuracy is 2.2 points under plain CE. With the earlier
   importance measure (xai.aggregate=net, |sum IG|) the same loss gave violations 0.770 +-
   0.370 at 0.601 +- 0.024. Far below the paper's ~94%: 7 epochs instead of 250, ~10x
   narrower networks, no pretrained reference.
@@ -222,8 +223,11 @@ def base() -> ml_collections.ConfigDict:
         disorder_weight=1.0,
         reference_ce_weight=0.0,
         # > 0: a k-means term pulls each quantizer centroid to the mean of the offloaded values
-        # it codes (losses.codebook_loss; centroids only, 0 in the paper)
-        codebook_weight=0.0,
+        # it codes (losses.codebook_loss; centroids only; 0 in the paper). On CIFAR-10 at the CPU
+        # budget the XAI terms squeeze the offloaded channels into [0, 1] while the task-learned
+        # centroids stayed over (0, 6); 1.0 spreads them over the data and lifts accuracy from
+        # 0.604 +- 0.002 to 0.621 +- 0.005 (3 seeds, README), the objective still met.
+        codebook_weight=1.0,
     )
     # exclude: extractor channels Algorithm 1 may not keep on the device (an ablation: is the
     # weak local channel of the CIFAR-10 runs a property of that channel or of the slot?)

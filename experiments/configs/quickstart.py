@@ -76,6 +76,7 @@ def digits(c: ml_collections.ConfigDict) -> None:
     c.loss.lam, c.loss.unit_ce = 0.8, False
     c.loss.disorder_margin = 0.0  # the paper's; every quick-start number was measured with it
     c.xai.aggregate = "net"  # |sum IG| per channel: the quick-start numbers were measured with it
+    c.loss.codebook_weight = 0.0  # no k-means term on the centroids: likewise
     c.reference_train.epochs = 15
     c.train.epochs = 30
     common.set_optimisation(c, batch_size=64, lr=0.05, log_every_steps=10, eval_every_epochs=5)

@@ -4,6 +4,8 @@
 (I1), the rest are offloaded (I2).
 """
 
+import statistics
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -157,3 +159,23 @@ def rate_bits(assignment: jax.Array) -> jax.Array:
     """
     p = jnp.mean(assignment.reshape(-1, *assignment.shape[-2:]), axis=0)  # [C, L]
     return -jnp.mean(jnp.sum(p * jnp.log2(jnp.maximum(p, 1e-12)), axis=-1))
+
+
+def alive_loss(scale: jax.Array, bias: jax.Array, min_rate: float) -> jax.Array:
+    """mean over channels of max(0, z * |gamma| - beta), z the standard normal's ``min_rate``
+    quantile: a floor on how often each channel's output BN lets a value through the ReLU6.
+
+    Why: in training the BN normalises each channel over the batch to mean 0, variance 1, so its
+    pre-activation is gamma * z + beta and, for roughly normal z, a fraction
+    Phi(beta / |gamma|) of its values is non-zero. With importance measured as sum |IG| a channel
+    that is always 0 has zero importance, so the XAI terms meet rho by switching offloaded
+    channels off, and an off ReLU gets no gradient to come back (README, "CIFAR-10 on CPU").
+    Written on gamma and beta, not on the activations, so a dead channel still gets a gradient
+    (-1 on beta, z on |gamma|: bounded, unlike a hinge on beta / |gamma|).
+    """
+    if not 0.0 < min_rate < 1.0:
+        raise ValueError(f"min_rate must be in (0, 1), got {min_rate}")
+    z = statistics.NormalDist().inv_cdf(min_rate)
+    scale = jnp.asarray(scale, jnp.float32)
+    bias = jnp.asarray(bias, jnp.float32)
+    return jnp.mean(jax.nn.relu(z * jnp.abs(scale) - bias))

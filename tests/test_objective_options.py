@@ -315,3 +315,69 @@ def test_negative_codebook_weight_is_a_clear_error():
     c.loss.codebook_weight = -0.5
     with pytest.raises(ValueError, match=r"loss\.codebook_weight must be >= 0"):
         experiment.validate_config(c)
+
+
+def test_alive_loss_is_a_hinge_on_the_bn_affine_with_bounded_gradients():
+    """max(0, z |gamma| - beta) averaged over channels, z = Phi^-1(rate); a channel far below the
+    floor (dead) still gets d/d beta = -1 / n, and one above it gets nothing."""
+    scale = jnp.array([1.0, 0.5, 2.0, -1.0])
+    bias = jnp.array([0.0, -3.0, -40.0, -0.5])  # rate 0.5, dead, dead, 0.31 (Phi(-0.5))
+    z = -0.8416212  # Phi^-1(0.2)
+    got = losses.alive_loss(scale, bias, 0.2)
+    want = np.mean(np.maximum(0.0, z * np.abs(np.asarray(scale)) - np.asarray(bias)))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    gb = jax.grad(lambda b: losses.alive_loss(scale, b, 0.2))(bias)
+    np.testing.assert_allclose(gb, [0.0, -0.25, -0.25, 0.0])
+    gs = jax.grad(lambda s: losses.alive_loss(s, bias, 0.2))(scale)
+    np.testing.assert_allclose(gs, [0.0, z / 4, z / 4, 0.0], rtol=1e-5)
+    # at the BN's initialisation (gamma 1, beta 0) the floor holds: the term starts at 0
+    assert float(losses.alive_loss(jnp.ones(5), jnp.zeros(5), 0.2)) == 0.0
+    with pytest.raises(ValueError, match="min_rate"):
+        losses.alive_loss(scale, bias, 1.0)
+
+
+@pytest.mark.parametrize("lam", [0.3, 1.0])
+def test_alive_weight_moves_only_the_offloaded_channels_output_bn(lam):
+    """From the same start with offloaded channel k switched off (beta -10), the term changes that
+    channel's output BN gamma and beta and nothing else, on the XAI and the plain CE step."""
+    data, host_batch = fake_data_and_batch()
+    mesh = make_mesh()
+    after = {}
+    for w in (0.0, 1.0):
+        c = smoke_config()
+        c.loss.lam = lam
+        c.loss.alive_weight = w
+        experiment.validate_config(c)
+        k = c.model.k
+        state = stages.agilenn_state_template(c, data, mesh)
+        bn_name = f"pw{len(c.model.extractor_channels) - 1}_bn"
+        params = jax.device_get(state.params)
+        bn = params["extractor"][bn_name]
+        bn["bias"] = np.asarray(bn["bias"]).copy()
+        bn["bias"][k] = -10.0
+        bn["bias"][0] = -10.0  # a local channel: not the term's business
+        state = state.replace(
+            params=jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params))
+        )
+        step = jit_train_step(steps.make_agilenn_train_step(c, use_xai=lam < 1.0), mesh)
+        state, metrics = step(state, shard_batch(host_batch, mesh), jax.random.key(0))
+        after[w] = jax.device_get(state.params)
+        if lam < 1.0:
+            assert (float(metrics.compute()["alive_loss"]) > 0.0) == (w > 0.0)
+    b0, b1 = (after[w]["extractor"].pop(bn_name) for w in (0.0, 1.0))
+    for name in ("scale", "bias"):
+        diff = np.nonzero(~np.isclose(b0[name], b1[name], rtol=1e-6, atol=1e-8))[0]
+        assert diff.tolist() == [k], (name, diff)
+    assert float(b1["bias"][k]) > float(b0["bias"][k])  # pushed back towards the floor
+    np.testing.assert_allclose(_flat(after[0.0]), _flat(after[1.0]), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [("alive_weight", -1.0, r"alive_weight must be >= 0"), ("alive_rate", 0.0, r"alive_rate")],
+)
+def test_bad_alive_options_are_clear_errors(field, value, match):
+    c = smoke_config()
+    c.loss[field] = value
+    with pytest.raises(ValueError, match=match):
+        experiment.validate_config(c)

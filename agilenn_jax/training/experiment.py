@@ -70,9 +70,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("disorder_weight", 1.0),
         ("reference_ce_weight", 0.0),
         ("codebook_weight", 0.0),
+        ("alive_weight", 0.0),
     ):
         if lo.get(name, default) < 0.0:
             raise ValueError(f"loss.{name} must be >= 0, got {lo[name]}")
+    if not 0.0 < (rate := lo.get("alive_rate", steps.ALIVE_RATE)) < 1.0:
+        raise ValueError(f"loss.alive_rate must be in (0, 1), got {rate}")
     if x.method not in xai.METHODS or x.rule not in xai.RULES or x.target not in xai.TARGETS:
         raise ValueError(
             f"xai.method/rule/target must be in {xai.METHODS}/{xai.RULES}/{xai.TARGETS}, got "

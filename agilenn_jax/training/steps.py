@@ -20,6 +20,9 @@ from agilenn_jax import losses, xai
 from agilenn_jax.models import build_reference_nn, num_local_channels
 from agilenn_jax.training.state import TrainState
 
+# loss.alive_rate's default: the least fraction of non-zero values asked of an offloaded channel
+ALIVE_RATE = 0.2
+
 
 @flax.struct.dataclass
 class ReferenceTrainMetrics(metrics.Collection):
@@ -52,6 +55,7 @@ class AgileNNTrainMetrics(metrics.Collection):
     reference_accuracy: metrics.Average.from_output("reference_accuracy")  # frozen ref, features
     reference_ce: metrics.Average.from_output("reference_ce")
     codebook_loss: metrics.Average.from_output("codebook_loss")  # weighted; 0 when off
+    alive_loss: metrics.Average.from_output("alive_loss")  # weighted; 0 when off
 
 
 @flax.struct.dataclass
@@ -210,6 +214,7 @@ def make_agilenn_train_step(
     k = num_local_channels(config)
     reference = build_reference_nn(config)
     xc, lc = config.xai, config.loss
+    output_bn = f"pw{len(config.model.extractor_channels) - 1}_bn"  # FeatureExtractor's names
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         labels = batch["label"]
@@ -229,9 +234,15 @@ def make_agilenn_train_step(
                     out["indices"],
                     state.apply_fn({"params": params}, method="centroids"),
                 )
+            alive = 0.0
+            if aw := lc.get("alive_weight", 0.0):
+                bn = params["extractor"][output_bn]
+                alive = aw * losses.alive_loss(
+                    bn["scale"][k:], bn["bias"][k:], lc.get("alive_rate", ALIVE_RATE)
+                )
             if not use_xai:
                 ce = jnp.mean(losses.cross_entropy(out["logits"], labels))
-                return ce + codebook, (out, upd["batch_stats"], {})
+                return ce + codebook + alive, (out, upd["batch_stats"], {})
             imp, ref_logits = channel_attribution(
                 reference, state.frozen, out["features"], labels, xc
             )
@@ -252,9 +263,10 @@ def make_agilenn_train_step(
                 ref_logits,
                 lc.get("reference_ce_weight", 0.0),
             )
-            loss = loss + codebook
+            loss = loss + codebook + alive
             parts.update(
                 codebook_loss=jnp.asarray(codebook, jnp.float32),
+                alive_loss=jnp.asarray(alive, jnp.float32),
                 skewness=jnp.mean(jnp.sum(imp[:, :k], -1)),
                 violation_rate=jnp.mean(losses.disorder_violations(imp, k)),
                 trusted_fraction=jnp.mean(trust),

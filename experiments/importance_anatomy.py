@@ -5,8 +5,11 @@
 Prints, for the k local channels and the offloaded ones, the mean importance under both
 measures (``xai.AGGREGATES``), how much of each channel's attribution cancels over H x W
 (|sum IG| / sum |IG|: 1 = one sign, 0 = cancels), its activations, and the same on the samples
-where the weakest local channel causes a violation. README "CIFAR-10 on CPU" quotes it for the
-4-epoch seed-1 run. ~1 min on 2 cores for 5,000 CIFAR-10 samples.
+where the weakest local channel causes a violation; then the offloaded channels as the remote NN
+sees them: dead channels (mean activation < 0.001), each one's output-BN beta / |gamma| (the
+quantity ``loss.alive_weight`` keeps above a floor), the centroids and the most used code's share.
+README "CIFAR-10 on CPU" quotes it for the 4-epoch runs. ~1 min on 2 cores for 5,000 CIFAR-10
+samples.
 """
 
 import os
@@ -31,9 +34,13 @@ def collect(workdir: str) -> tuple[dict[str, np.ndarray], int, str]:
     state, _ = stages.load_agilenn(cfg, data, workdir, make_mesh())
     reference = build_reference_nn(cfg)
 
+    cent = state.apply_fn(state.variables(), method="centroids")
+    bn = jax.device_get(state.params["extractor"][f"pw{len(cfg.model.extractor_channels) - 1}_bn"])
+
     @jax.jit
     def stats(state, images, labels):
-        x = state.apply_fn(state.variables(), images, train=False)["features"]
+        out = state.apply_fn(state.variables(), images, train=False)
+        x = out["features"]
         attr, logits = steps.attribution(reference, state.frozen, x, labels, cfg.xai)
         hw = (1, 2)
         return {
@@ -43,6 +50,9 @@ def collect(workdir: str) -> tuple[dict[str, np.ndarray], int, str]:
             "activation": jnp.mean(x, hw),
             "zeros": jnp.mean(x == 0, hw),
             "reference_right": steps.correct(logits, labels),
+            "code_counts": jnp.sum(
+                jax.nn.one_hot(out["indices"], cent.shape[0], dtype=jnp.int32), (1, 2, 3)
+            ),
         }
 
     rows = []
@@ -52,6 +62,8 @@ def collect(workdir: str) -> tuple[dict[str, np.ndarray], int, str]:
         keep = np.asarray(b["mask"]).astype(bool)
         rows.append({key: np.asarray(v)[keep] for key, v in out.items()})
     stats = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
+    stats["centroids"] = np.asarray(jax.device_get(cent))
+    stats["bn_ratio"] = np.asarray(bn["bias"]) / np.maximum(np.abs(np.asarray(bn["scale"])), 1e-12)
     return stats, num_local_channels(cfg), steps.importance_aggregate(cfg.xai)
 
 
@@ -77,6 +89,19 @@ def report(r: dict[str, np.ndarray], k: int, trained: str) -> None:
     print(
         f"zero fraction        local {r['zeros'][:, :k].mean(0)}  offloaded "
         f"{r['zeros'][:, k:].mean():.3f}"
+    )
+    act = r["activation"][:, k:].mean(0)
+    print(
+        f"offloaded channels   {len(act)}, dead (mean activation < 0.001) "
+        f"{int((act < 1e-3).sum())}, "
+        f"smallest mean activation {act.min():.4f}, zero fraction {r['zeros'][:, k:].mean():.3f}"
+    )
+    print(f"  mean activation    {act}")
+    print(f"  beta / |gamma|     {r['bn_ratio'][k:]}")
+    counts = r["code_counts"].sum(0)
+    print(
+        f"centroids            {np.sort(r['centroids'])}, most used code's share "
+        f"{counts.max() / counts.sum():.3f}"
     )
     imp = r[trained]
     viol = np.asarray(losses.disorder_violations(imp, k)).astype(bool)

@@ -326,6 +326,7 @@ PAPER_VALUED = {
     "loss.disorder_weight": 1.0,
     "loss.reference_ce_weight": 0.0,
     "loss.codebook_weight": 0.0,  # centroids learned from the task loss alone
+    "loss.alive_weight": 0.0,  # no floor on the offloaded channels' activity
     "preselect.exclude": (),
     "xai.aggregate": "l1",  # the authors' code: sum of |IG| over H, W
 }
@@ -337,7 +338,12 @@ NOT_PAPER_VALUED = {
     "smoke": {"xai.aggregate": "net"},
     "paper": {"loss.disorder_margin": 0.05, "loss.codebook_weight": 1.0},
 }
-ADDED_LATER = {"method"} | {f"baseline.{k}" for k in paper.base().baseline} | set(PAPER_VALUED)
+# loss.alive_rate only matters where loss.alive_weight > 0
+ADDED_LATER = (
+    {"method", "loss.alive_rate"}
+    | {f"baseline.{k}" for k in paper.base().baseline}
+    | set(PAPER_VALUED)
+)
 
 
 @pytest.mark.parametrize("scale", ["paper", "cpu"])

@@ -34,8 +34,10 @@
 #             (paper.py defaults to 1 since this ablation; without the suffix a variant runs 0,
 #             so every earlier row stays reproducible)
 #   kaW       loss.alive_weight=W (e.g. ka1): a floor on each offloaded channel's rate of non-zero
-#             values, on its output BN's gamma and beta (losses.alive_loss; 0 without the suffix)
-#   krR       loss.alive_rate=R (e.g. kr0.3): that floor (paper.py: 0.2)
+#             values (and of values under the clip at 6), on its output BN's gamma and beta
+#             (losses.alive_loss; 0 without the suffix)
+#   krR       loss.alive_rate=R (e.g. kr0.4): that floor (paper.py: 0.2)
+#   kall      loss.alive_channels=all: the floor on every channel, the local ones too
 #   eff       the ImageNet-pretrained EfficientNet-Lite0 reference (its own reference run,
 #             ROOT/ref_eff_sSEED: ~18 min; its AgileNN runs ~13.5 min at 2 epochs)
 # Each run writes ROOT/NAME_sSEED/results.json; finished runs are skipped, unfinished ones resume.
@@ -66,6 +68,7 @@ for s in "${SEEDS[@]}"; do
         log) args+=(--config.loss.disorder=log) ;;
         mg*) margin="${x:2}" ;;
         cb*) codebook="${x:2}" ;;
+        kall) args+=(--config.loss.alive_channels=all) ;;
         ka*) args+=(--config.loss.alive_weight="${x:2}") ;;
         kr*) args+=(--config.loss.alive_rate="${x:2}") ;;
         rc*) args+=(--config.loss.reference_ce_weight="${x:2}") ;;

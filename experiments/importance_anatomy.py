@@ -97,7 +97,7 @@ def report(r: dict[str, np.ndarray], k: int, trained: str) -> None:
         f"smallest mean activation {act.min():.4f}, zero fraction {r['zeros'][:, k:].mean():.3f}"
     )
     print(f"  mean activation    {act}")
-    print(f"  beta / |gamma|     {r['bn_ratio'][k:]}")
+    print(f"  beta / |gamma|     {r['bn_ratio'][k:]}  (local {r['bn_ratio'][:k]})")
     counts = r["code_counts"].sum(0)
     print(
         f"centroids            {np.sort(r['centroids'])}, most used code's share "

@@ -338,9 +338,9 @@ NOT_PAPER_VALUED = {
     "smoke": {"xai.aggregate": "net"},
     "paper": {"loss.disorder_margin": 0.05, "loss.codebook_weight": 1.0},
 }
-# loss.alive_rate only matters where loss.alive_weight > 0
+# loss.alive_rate and alive_channels only matter where loss.alive_weight > 0
 ADDED_LATER = (
-    {"method", "loss.alive_rate"}
+    {"method", "loss.alive_rate", "loss.alive_channels"}
     | {f"baseline.{k}" for k in paper.base().baseline}
     | set(PAPER_VALUED)
 )

@@ -312,49 +312,55 @@ def test_codebook_weight_moves_only_the_centroids_in_one_step(lam):
     np.testing.assert_allclose(_flat(after[0.0]), _flat(after[1.0]), rtol=1e-6, atol=1e-8)
 
 
-def test_alive_loss_is_a_hinge_on_the_bn_affine_with_bounded_gradients():
-    """max(0, z |gamma| - beta) averaged over channels, z = Phi^-1(rate); a channel far below the
-    floor (dead) still gets d/d beta = -1 / n, and one above it gets nothing."""
-    scale = jnp.array([1.0, 0.5, 2.0, -1.0])
-    bias = jnp.array([0.0, -3.0, -40.0, -0.5])  # rate 0.5, dead, dead, 0.31 (Phi(-0.5))
+def test_alive_loss_is_a_hinge_at_both_flat_ends_of_relu6_with_bounded_gradients():
+    """max(0, z |gamma| - beta) + max(0, beta + z |gamma| - 6) averaged over channels,
+    z = Phi^-1(rate); a channel far past either end (off, or stuck at 6) still gets
+    d/d beta = -+1 / n, and one inside both floors gets nothing."""
+    scale = jnp.array([1.0, 0.5, 2.0, -1.0, 1.0])
+    bias = jnp.array([0.0, -3.0, -40.0, -0.5, 8.0])  # fine, off, off, fine (Phi(-0.5)), stuck
     z = -0.8416212  # Phi^-1(0.2)
     got = losses.alive_loss(scale, bias, 0.2)
-    want = np.mean(np.maximum(0.0, z * np.abs(np.asarray(scale)) - np.asarray(bias)))
+    sp, b = z * np.abs(np.asarray(scale)), np.asarray(bias)
+    want = np.mean(np.maximum(0.0, sp - b) + np.maximum(0.0, b + sp - 6.0))
     np.testing.assert_allclose(got, want, rtol=1e-5)
     gb = jax.grad(lambda b: losses.alive_loss(scale, b, 0.2))(bias)
-    np.testing.assert_allclose(gb, [0.0, -0.25, -0.25, 0.0])
+    np.testing.assert_allclose(gb, [0.0, -0.2, -0.2, 0.0, 0.2])
     gs = jax.grad(lambda s: losses.alive_loss(s, bias, 0.2))(scale)
-    np.testing.assert_allclose(gs, [0.0, z / 4, z / 4, 0.0], rtol=1e-5)
-    # at the BN's initialisation (gamma 1, beta 0) the floor holds: the term starts at 0
+    np.testing.assert_allclose(gs, [0.0, z / 5, z / 5, 0.0, z / 5], rtol=1e-5)
+    # at the BN's initialisation (gamma 1, beta 0) the floors hold: the term starts at 0
     assert float(losses.alive_loss(jnp.ones(5), jnp.zeros(5), 0.2)) == 0.0
     with pytest.raises(ValueError, match="min_rate"):
         losses.alive_loss(scale, bias, 1.0)
 
 
-@pytest.mark.parametrize("lam", [0.3, 1.0])
-def test_alive_weight_moves_only_the_offloaded_channels_output_bn(lam):
-    """From the same start with offloaded channel k switched off (beta -10), the term changes that
-    channel's output BN gamma and beta and nothing else, on the XAI and the plain CE step."""
+@pytest.mark.parametrize("lam,scope", [(0.3, "offloaded"), (1.0, "offloaded"), (0.3, "all")])
+def test_alive_weight_moves_only_the_stuck_channels_output_bn(lam, scope):
+    """From the same start with offloaded channel k switched off (beta -10) and local channel 0
+    stuck at 6 (beta 10), the term changes those channels' output BN gamma and beta (channel 0
+    only with alive_channels=all) and nothing else, on the XAI and the plain CE step."""
     c = smoke_config()
     k, bn_name = c.model.k, f"pw{len(c.model.extractor_channels) - 1}_bn"
 
-    def switch_off(params, config):
+    def stick(params, config):
+        config.loss.alive_channels = scope
         bn = params["extractor"][bn_name]
         bn["bias"] = np.asarray(bn["bias"]).copy()
         bn["bias"][k] = -10.0
-        bn["bias"][0] = -10.0  # a local channel: not the term's business
+        bn["bias"][0] = 10.0
         return params
 
     after = {}
     for w in (0.0, 1.0):
-        after[w], metrics = _one_step(lam, "alive_weight", w, switch_off)
+        after[w], metrics = _one_step(lam, "alive_weight", w, stick)
         if lam < 1.0:
             assert (float(metrics["alive_loss"]) > 0.0) == (w > 0.0)
     b0, b1 = (after[w]["extractor"].pop(bn_name) for w in (0.0, 1.0))
     for name in ("scale", "bias"):
         diff = np.nonzero(~np.isclose(b0[name], b1[name], rtol=1e-6, atol=1e-8))[0]
-        assert diff.tolist() == [k], (name, diff)
+        assert diff.tolist() == ([0, k] if scope == "all" else [k]), (name, diff)
     assert float(b1["bias"][k]) > float(b0["bias"][k])  # pushed back towards the floor
+    if scope == "all":
+        assert float(b1["bias"][0]) < float(b0["bias"][0])  # and down from the clip
     np.testing.assert_allclose(_flat(after[0.0]), _flat(after[1.0]), rtol=1e-6, atol=1e-8)
 
 
@@ -366,6 +372,7 @@ def test_alive_weight_moves_only_the_offloaded_channels_output_bn(lam):
         ("alive_weight", -1.0, r"loss\.alive_weight must be >= 0"),
         ("alive_rate", 0.0, r"loss\.alive_rate must be in \(0, 1\)"),
         ("alive_rate", 1.0, r"loss\.alive_rate must be in \(0, 1\)"),
+        ("alive_channels", "local", r"loss\.alive_channels must be one of"),
     ],
 )
 def test_bad_loss_options_are_clear_errors(field, value, match):

@@ -20,8 +20,10 @@ from agilenn_jax import losses, xai
 from agilenn_jax.models import build_reference_nn, num_local_channels
 from agilenn_jax.training.state import TrainState
 
-# loss.alive_rate's default: the least fraction of non-zero values asked of an offloaded channel
+# loss.alive_rate's default: the least fraction of values asked of a channel at each side of
+# its ReLU6's flat ends; loss.alive_channels: which channels (offloaded: the k: ones, all)
 ALIVE_RATE = 0.2
+ALIVE_CHANNELS = ("offloaded", "all")
 
 
 @flax.struct.dataclass
@@ -237,8 +239,9 @@ def make_agilenn_train_step(
             alive = 0.0
             if aw := lc.get("alive_weight", 0.0):
                 bn = params["extractor"][output_bn]
+                first = 0 if lc.get("alive_channels", "offloaded") == "all" else k
                 alive = aw * losses.alive_loss(
-                    bn["scale"][k:], bn["bias"][k:], lc.get("alive_rate", ALIVE_RATE)
+                    bn["scale"][first:], bn["bias"][first:], lc.get("alive_rate", ALIVE_RATE)
                 )
             if not use_xai:
                 ce = jnp.mean(losses.cross_entropy(out["logits"], labels))

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from agilenn_jax import input_pipeline, layout, losses, xai  # noqa: E402
 from agilenn_jax.models import build_reference_nn, num_local_channels  # noqa: E402
+from agilenn_jax.models.extractor import output_layer_names  # noqa: E402
 from agilenn_jax.training import stages, steps  # noqa: E402
 from agilenn_jax.training.sharding import make_mesh  # noqa: E402
 
@@ -35,7 +36,8 @@ def collect(workdir: str) -> tuple[dict[str, np.ndarray], int, str]:
     reference = build_reference_nn(cfg)
 
     cent = state.apply_fn(state.variables(), method="centroids")
-    bn = jax.device_get(state.params["extractor"][f"pw{len(cfg.model.extractor_channels) - 1}_bn"])
+    bn_name = output_layer_names(len(cfg.model.extractor_channels))[1]
+    bn = jax.device_get(state.params["extractor"][bn_name])
 
     @jax.jit
     def stats(state, images, labels):

@@ -9,6 +9,7 @@ import pytest
 from agilenn_jax import losses
 from agilenn_jax.models import build_agilenn
 from agilenn_jax.models.agilenn import alpha_from_logit, alpha_logit_for
+from agilenn_jax.models.extractor import output_layer_names
 from agilenn_jax.training import experiment, stages, steps
 from agilenn_jax.training.sharding import jit_train_step, make_mesh, shard_batch
 from tests.helpers import fake_data_and_batch, smoke_config
@@ -339,7 +340,7 @@ def test_alive_weight_moves_only_the_stuck_channels_output_bn(lam, scope):
     stuck at 6 (beta 10), the term changes those channels' output BN gamma and beta (channel 0
     only with alive_channels=all) and nothing else, on the XAI and the plain CE step."""
     c = smoke_config()
-    k, bn_name = c.model.k, f"pw{len(c.model.extractor_channels) - 1}_bn"
+    k, bn_name = c.model.k, output_layer_names(len(c.model.extractor_channels))[1]
 
     def stick(params, config):
         config.loss.alive_channels = scope

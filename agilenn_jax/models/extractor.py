@@ -11,6 +11,13 @@ import numpy as np
 from agilenn_jax.models.layers import DepthwiseConv, pointwise_conv, relu6
 
 
+def output_layer_names(num_blocks: int) -> tuple[str, str]:
+    """The last pointwise conv and its BN of a ``FeatureExtractor`` with ``num_blocks`` blocks:
+    for readers of its parameters that hold a config, not a module."""
+    last = int(num_blocks) - 1
+    return f"pw{last}", f"pw{last}_bn"
+
+
 class FeatureExtractor(nn.Module):
     """Depthwise 3x3 (stride s) -> BN -> ReLU6 -> pointwise 1x1 -> BN -> ReLU6, per block.
 
@@ -34,8 +41,7 @@ class FeatureExtractor(nn.Module):
     def output_layer_names(self) -> tuple[str, str]:
         """Names of the layers that produce the output channels: the last pointwise conv and
         its BN. ``permute_output_channels`` relies on these; ``__call__`` uses the same names."""
-        last = len(self.channels) - 1
-        return f"pw{last}", f"pw{last}_bn"
+        return output_layer_names(len(self.channels))
 
     def permute_output_channels(
         self, variables: dict[str, Any], perm: np.ndarray

@@ -76,7 +76,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"loss.{name} must be >= 0, got {lo[name]}")
     if not 0.0 < (rate := lo.get("alive_rate", steps.ALIVE_RATE)) < 1.0:
         raise ValueError(f"loss.alive_rate must be in (0, 1), got {rate}")
-    if (scope := lo.get("alive_channels", "offloaded")) not in steps.ALIVE_CHANNELS:
+    if (scope := lo.get("alive_channels", steps.ALIVE_CHANNELS[0])) not in steps.ALIVE_CHANNELS:
         raise ValueError(
             f"loss.alive_channels must be one of {steps.ALIVE_CHANNELS}, got {scope!r}"
         )

@@ -18,10 +18,12 @@ from clu import metrics
 
 from agilenn_jax import losses, xai
 from agilenn_jax.models import build_reference_nn, num_local_channels
+from agilenn_jax.models.extractor import output_layer_names
 from agilenn_jax.training.state import TrainState
 
 # loss.alive_rate's default: the least fraction of values asked of a channel at each side of
-# its ReLU6's flat ends; loss.alive_channels: which channels (offloaded: the k: ones, all)
+# its ReLU6's flat ends; loss.alive_channels: which channels (the first, offloaded: the k: ones,
+# is the default)
 ALIVE_RATE = 0.2
 ALIVE_CHANNELS = ("offloaded", "all")
 
@@ -216,7 +218,7 @@ def make_agilenn_train_step(
     k = num_local_channels(config)
     reference = build_reference_nn(config)
     xc, lc = config.xai, config.loss
-    output_bn = f"pw{len(config.model.extractor_channels) - 1}_bn"  # FeatureExtractor's names
+    output_bn = output_layer_names(len(config.model.extractor_channels))[1]
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         labels = batch["label"]
@@ -239,7 +241,7 @@ def make_agilenn_train_step(
             alive = 0.0
             if aw := lc.get("alive_weight", 0.0):
                 bn = params["extractor"][output_bn]
-                first = 0 if lc.get("alive_channels", "offloaded") == "all" else k
+                first = 0 if lc.get("alive_channels", ALIVE_CHANNELS[0]) == "all" else k
                 alive = aw * losses.alive_loss(
                     bn["scale"][first:], bn["bias"][first:], lc.get("alive_rate", ALIVE_RATE)
                 )

@@ -175,11 +175,15 @@ def alive_loss(scale: jax.Array, bias: jax.Array, min_rate: float, top: float = 
     was the weakest local channel on every violating sample of a run; the floor moved it off the
     clip but did not bring it back into use (README, "CIFAR-10 on CPU"). Written on
     gamma and beta, not on the activations, so a stuck channel still gets a gradient (+-1 on
-    beta, z on |gamma|: bounded, unlike a hinge on beta / |gamma|).
+    beta, z on |gamma|: bounded, unlike a hinge on beta / |gamma|). Above 50% (z > 0) the
+    gradient on |gamma| would shrink it, so only beta moves there.
     """
     if not 0.0 < min_rate < 1.0:
         raise ValueError(f"min_rate must be in (0, 1), got {min_rate}")
     z = statistics.NormalDist().inv_cdf(min_rate)
-    spread = z * jnp.abs(jnp.asarray(scale, jnp.float32))
+    spread = jnp.abs(jnp.asarray(scale, jnp.float32))
+    if z > 0.0:  # a floor above 50%: moving beta meets it; shrinking |gamma| would too, but a
+        spread = jax.lax.stop_gradient(spread)  # smaller |gamma| is a more constant channel
+    spread = z * spread
     bias = jnp.asarray(bias, jnp.float32)
     return jnp.mean(jax.nn.relu(spread - bias) + jax.nn.relu(bias + spread - top))

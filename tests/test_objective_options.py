@@ -334,6 +334,21 @@ def test_alive_loss_is_a_hinge_at_both_flat_ends_of_relu6_with_bounded_gradients
         losses.alive_loss(scale, bias, 1.0)
 
 
+def test_alive_floor_above_half_moves_beta_only():
+    """At a rate over 50% the hinge's gradient on |gamma| would shrink it (a more constant
+    channel, what the floor is against), so only beta gets one; the value is unchanged."""
+    scale, bias = jnp.array([1.0, 2.0, 1.0]), jnp.array([0.0, 0.5, 3.0])
+    z = 0.8416212  # Phi^-1(0.8)
+    want = np.mean(
+        np.maximum(0.0, z * np.abs(scale) - bias) + np.maximum(0.0, bias + z * scale - 6)
+    )
+    np.testing.assert_allclose(losses.alive_loss(scale, bias, 0.8), want, rtol=1e-5)
+    gs = jax.grad(lambda s: losses.alive_loss(s, bias, 0.8))(scale)
+    np.testing.assert_array_equal(gs, np.zeros(3))
+    gb = jax.grad(lambda b: losses.alive_loss(scale, b, 0.8))(bias)
+    np.testing.assert_allclose(gb, [-1 / 3, -1 / 3, 0.0])
+
+
 @pytest.mark.parametrize("lam,scope", [(0.3, "offloaded"), (1.0, "offloaded"), (0.3, "all")])
 def test_alive_weight_moves_only_the_stuck_channels_output_bn(lam, scope):
     """From the same start with offloaded channel k switched off (beta -10) and local channel 0

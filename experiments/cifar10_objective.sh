@@ -36,7 +36,8 @@
 #   kaW       loss.alive_weight=W (e.g. ka1): a floor on each offloaded channel's rate of non-zero
 #             values (and of values under the clip at 6), on its output BN's gamma and beta
 #             (losses.alive_loss; 0 without the suffix)
-#   krR       loss.alive_rate=R (e.g. kr0.4): that floor (paper.py: 0.2)
+#   krR       loss.alive_rate=R (e.g. kr0.4): that floor (paper.py: 0.2); above 0.5 only the
+#             BN's beta moves (losses.alive_loss), so kr0.8 keeps ~80% of values non-zero
 #   kall      loss.alive_channels=all: the floor on every channel, the local ones too
 #   eff       the ImageNet-pretrained EfficientNet-Lite0 reference (its own reference run,
 #             ROOT/ref_eff_sSEED: ~18 min; its AgileNN runs ~13.5 min at 2 epochs)

@@ -35,7 +35,10 @@ only, so it evaluates on a seeded 10% hold-out):
   importance measured as the authors' code does (xai.aggregate=l1, sum |IG| over H, W) and the
   k-means codebook term (loss.codebook_weight=1; 0.604 +- 0.002 without it). Plain CE on the
   same model and budget (loss.lam=1.0): 0.643 +- 0.007, skewness 0.32, violations 1.000. So the
-  objective holds and accuracy is 2.2 points under plain CE. With the earlier
+  objective holds and accuracy is 2.2 points under plain CE. With an 80% floor on the
+  offloaded channels (--config.loss.alive_weight=1 --config.loss.alive_rate=0.8): 0.630 +-
+  0.013, skewness 0.833 +- 0.006, violations <= 0.008, 1.2 points under CE, at ~2x the remote
+  bytes (4,955 vs 2,520 B per sample; CE 3,872). With the earlier
   importance measure (xai.aggregate=net, |sum IG|) the same loss gave violations 0.770 +-
   0.370 at 0.601 +- 0.024. Far below the paper's ~94%: 7 epochs instead of 250, ~10x
   narrower networks, no pretrained reference.
@@ -232,8 +235,11 @@ def base() -> ml_collections.ConfigDict:
         # under its clip at 6 (losses.alive_loss on its gamma, beta; 0 in the paper): sum |IG|
         # gives a constant channel no importance, so the XAI terms meet rho by switching
         # offloaded channels off (4-5 of 19 on CIFAR-10 at the CPU budget), and a flat ReLU6
-        # never returns. 0 here: at 0.4 it gave 0.629 +- 0.014 against plain CE's 0.635 +-
-        # 0.003 and broke the ordering on 1 of 3 seeds (README, "a floor on constant channels").
+        # never returns. 0 here: at 0.8 (alive_weight=1, alive_rate=0.8: ~80% of offloaded
+        # values non-zero) accuracy rises from 0.621 +- 0.005 to 0.630 +- 0.013, the objective
+        # still met on 3 seeds, but the remote NN is sent ~2x the bytes (4,955 vs 2,520 B per
+        # sample; plain CE: 0.643 +- 0.007 at 3,872 B), so it is an option, not the default
+        # (README, "CIFAR-10 on CPU: a floor on constant channels").
         alive_weight=0.0,
         alive_rate=0.2,  # the floor at each end, as a fraction, if pre-activations are normal
         alive_channels="offloaded",  # offloaded | all

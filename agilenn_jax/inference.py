@@ -148,3 +148,32 @@ def remote_logits(model: nn.Module, variables: dict[str, Any], indices: jax.Arra
     DeepCOD/SPINN-style baselines, centroid lookup of the indices and the remote NN; for
     Edge-only, the whole network on the decoded uint8 image."""
     return model.apply(variables, indices, method="serve")
+
+
+def fold_channel_gain(model: nn.Module, variables: dict[str, Any]) -> tuple[nn.Module, dict]:
+    """The same device computation with the quantizer's per-channel gain folded into the
+    extractor's output BN: ``(model without the gain, its variables)``.
+
+    ``quantizer.ChannelGain`` computes min(g * ReLU6(BN(z)), 6) with g >= 1 on the offloaded
+    channels, which is ReLU6(g * BN(z)): the BN's scale and bias times g. So the exported graph
+    keeps its ops, its int8 output is the gained feature at full int8 resolution, and the
+    shared-codebook thresholds apply as before. The local channels (0:k) are untouched. Models
+    without a gain are returned as they are.
+    """
+    if not getattr(model, "channel_gain_max", 0.0):
+        return model, variables
+    from agilenn_jax.models.extractor import output_layer_names
+    from agilenn_jax.models.quantizer import channel_gain
+
+    k, max_gain = model.k, float(model.channel_gain_max)
+    gain = np.asarray(channel_gain(variables["batch_stats"]["gain"]["mean"], max_gain))
+    bn_name = output_layer_names(len(model.extractor_channels))[1]
+    bn = variables["params"]["extractor"][bn_name]
+    scale = np.asarray(bn["scale"], np.float32).copy()
+    bias = np.asarray(bn["bias"], np.float32).copy()
+    scale[k:] *= gain
+    bias[k:] *= gain
+    extractor = {**variables["params"]["extractor"], bn_name: {**bn, "scale": scale, "bias": bias}}
+    params = {**variables["params"], "extractor": extractor}
+    stats = {n: v for n, v in variables["batch_stats"].items() if n != "gain"}
+    return model.clone(channel_gain_max=0.0), {**variables, "params": params, "batch_stats": stats}

@@ -38,6 +38,8 @@
 #             (losses.alive_loss; 0 without the suffix)
 #   krR       loss.alive_rate=R (e.g. kr0.4): that floor (paper.py: 0.2); above 0.5 only the
 #             BN's beta moves (losses.alive_loss), so kr0.8 keeps ~80% of values non-zero
+#   gainG     model.channel_gain_max=G (e.g. gain8): each offloaded channel times
+#             clip(1 / running mean, 1, G) before the quantizer (quantizer.ChannelGain)
 #   kall      loss.alive_channels=all: the floor on every channel, the local ones too
 #   eff       the ImageNet-pretrained EfficientNet-Lite0 reference (its own reference run,
 #             ROOT/ref_eff_sSEED: ~18 min; its AgileNN runs ~13.5 min at 2 epochs)
@@ -69,6 +71,7 @@ for s in "${SEEDS[@]}"; do
         log) args+=(--config.loss.disorder=log) ;;
         mg*) margin="${x:2}" ;;
         cb*) codebook="${x:2}" ;;
+        gain*) args+=(--config.model.channel_gain_max="${x:4}") ;;
         kall) args+=(--config.loss.alive_channels=all) ;;
         ka*) args+=(--config.loss.alive_weight="${x:2}") ;;
         kr*) args+=(--config.loss.alive_rate="${x:2}") ;;

@@ -7,7 +7,8 @@ measures (``xai.AGGREGATES``), how much of each channel's attribution cancels ov
 (|sum IG| / sum |IG|: 1 = one sign, 0 = cancels), its activations, and the same on the samples
 where the weakest local channel causes a violation; then the offloaded channels as the remote NN
 sees them: dead channels (mean activation < 0.001), each one's output-BN beta / |gamma| (the
-quantity ``loss.alive_weight`` keeps above a floor), the centroids and the most used code's share.
+quantity ``loss.alive_weight`` keeps above a floor), the quantizer's per-channel gain if the run has
+one, each channel's code entropy, the centroids and the most used code's share.
 README "CIFAR-10 on CPU" quotes it for the 4-epoch runs. ~1 min on 2 cores for 5,000 CIFAR-10
 samples.
 """
@@ -24,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from agilenn_jax import input_pipeline, layout, losses, xai  # noqa: E402
 from agilenn_jax.models import build_reference_nn, num_local_channels  # noqa: E402
 from agilenn_jax.models.extractor import output_layer_names  # noqa: E402
+from agilenn_jax.models.quantizer import channel_gain  # noqa: E402
 from agilenn_jax.training import stages, steps  # noqa: E402
 from agilenn_jax.training.sharding import make_mesh  # noqa: E402
 
@@ -53,7 +55,7 @@ def collect(workdir: str) -> tuple[dict[str, np.ndarray], int, str]:
             "zeros": jnp.mean(x == 0, hw),
             "reference_right": steps.correct(logits, labels),
             "code_counts": jnp.sum(
-                jax.nn.one_hot(out["indices"], cent.shape[0], dtype=jnp.int32), (1, 2, 3)
+                jax.nn.one_hot(out["indices"], cent.shape[0], dtype=jnp.int32), (1, 2)
             ),
         }
 
@@ -66,6 +68,9 @@ def collect(workdir: str) -> tuple[dict[str, np.ndarray], int, str]:
     stats = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
     stats["centroids"] = np.asarray(jax.device_get(cent))
     stats["bn_ratio"] = np.asarray(bn["bias"]) / np.maximum(np.abs(np.asarray(bn["scale"])), 1e-12)
+    if "gain" in state.batch_stats:  # model.channel_gain_max: the quantizer's per-channel gain
+        mean = state.batch_stats["gain"]["mean"]
+        stats["gain"] = np.asarray(channel_gain(mean, float(cfg.model.channel_gain_max)))
     return stats, num_local_channels(cfg), steps.importance_aggregate(cfg.xai)
 
 
@@ -100,7 +105,13 @@ def report(r: dict[str, np.ndarray], k: int, trained: str) -> None:
     )
     print(f"  mean activation    {act}")
     print(f"  beta / |gamma|     {r['bn_ratio'][k:]}  (local {r['bn_ratio'][:k]})")
-    counts = r["code_counts"].sum(0)
+    if "gain" in r:
+        print(f"  quantizer gain     {r['gain']}")
+    per_channel = r["code_counts"].sum(0).astype(np.float64)  # [offloaded channel, code]
+    p = per_channel / per_channel.sum(1, keepdims=True)
+    bits = -np.sum(np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0), 1)
+    print(f"  code entropy, bits {bits}  (mean {bits.mean():.2f} of {np.log2(p.shape[1]):.0f})")
+    counts = per_channel.sum(0)
     print(
         f"centroids            {np.sort(r['centroids'])}, most used code's share "
         f"{counts.max() / counts.sum():.3f}"

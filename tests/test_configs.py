@@ -327,6 +327,7 @@ PAPER_VALUED = {
     "loss.reference_ce_weight": 0.0,
     "loss.codebook_weight": 0.0,  # centroids learned from the task loss alone
     "loss.alive_weight": 0.0,  # no floor on the offloaded channels' activity
+    "model.channel_gain_max": 0.0,  # no gain before the quantizer
     "preselect.exclude": (),
     "xai.aggregate": "l1",  # the authors' code: sum of |IG| over H, W
 }

@@ -38,8 +38,9 @@ class ExportError(Exception):
 
 
 def features_function(run: inference.TrainedRun):
-    """image [1, H, W, 3] float -> the extractor's output [1, h, w, C] (all channels)."""
-    model, variables = run.model, run.variables
+    """image [1, H, W, 3] float -> the extractor's output [1, h, w, C] (all channels), with a
+    quantizer gain folded in (channels k: are what the quantizer reads)."""
+    model, variables = inference.fold_channel_gain(run.model, run.variables)
 
     def fn(x):
         return model.apply(variables, x, method="device")["features"]
@@ -220,7 +221,7 @@ def verify_device_model(
     model, variables, alpha = run.model, run.variables, run.alpha
     out = inference.forward(model, variables, jnp.asarray(images))
     j_logits = np.asarray(out["local_logits"])
-    j_feat = np.asarray(out["features"][..., model.k :])
+    j_feat = np.asarray(out["quantizer_input"])  # the offloaded channels, any gain applied
     j_idx = np.asarray(out["indices"])
     j_full = np.asarray(out["logits"])
 

@@ -12,7 +12,7 @@ from agilenn_jax.models.extractor import FeatureExtractor
 from agilenn_jax.models.layers import same_output_size
 from agilenn_jax.models.local import LocalNN
 from agilenn_jax.models.mobilenet import MOBILENETV2_STAGES, MobileNetV2Stack
-from agilenn_jax.models.quantizer import SoftHardQuantizer
+from agilenn_jax.models.quantizer import ChannelGain, SoftHardQuantizer
 
 
 def split_channels(num_channels: int, k: int = -1, split_ratio: float = 0.2) -> int:
@@ -62,6 +62,8 @@ class AgileNN(nn.Module):
     local_bn: bool = True
     num_centroids: int = 8
     quantizer_softness: float = 1.0
+    # > 0: a per-channel gain (at most this) before the quantizer (quantizer.ChannelGain)
+    channel_gain_max: float = 0.0
     remote_width: float = 1.0
     remote_stages: Sequence[Sequence[int]] = MOBILENETV2_STAGES
     remote_head_channels: int = 1280
@@ -80,6 +82,8 @@ class AgileNN(nn.Module):
         )
         self.local = LocalNN(self.num_classes, use_bn=self.local_bn, dtype=self.dtype)
         self.quantizer = SoftHardQuantizer(self.num_centroids, self.quantizer_softness)
+        if self.channel_gain_max > 0:
+            self.gain = ChannelGain(self.channel_gain_max)
         self.remote = MobileNetV2Stack(
             self.num_classes,
             width=self.remote_width,
@@ -110,9 +114,13 @@ class AgileNN(nn.Module):
         f = self.extractor(x, train)
         if not 0 < self.k < f.shape[-1]:
             raise ValueError(f"k={self.k} must be in [1, {f.shape[-1] - 1}]")
-        q, idx = self.quantizer(f[..., self.k :])
+        offloaded = f[..., self.k :]
+        if self.channel_gain_max > 0:
+            offloaded = self.gain(offloaded, train)
+        q, idx = self.quantizer(offloaded)
         return {
             "features": jnp.asarray(f, jnp.float32),
+            "quantizer_input": jnp.asarray(offloaded, jnp.float32),
             "local_logits": self.local(f[..., : self.k], train),
             "quantized": q,
             "indices": idx,

@@ -47,6 +47,7 @@ def build_agilenn(
         local_bn=m.local_bn,
         num_centroids=m.num_centroids,
         quantizer_softness=m.quantizer_softness,
+        channel_gain_max=m.get("channel_gain_max", 0.0),
         remote_width=m.remote_width,
         remote_stages=tuple(tuple(s) for s in m.remote_stages),
         remote_head_channels=m.remote_head_channels,

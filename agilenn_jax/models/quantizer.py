@@ -143,3 +143,44 @@ class SoftHardQuantizer(nn.Module):
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         return soft_to_hard(jnp.asarray(x, jnp.float32), self.centroids(), float(self.softness))
+
+
+GAIN_TARGET = 1.0  # the mean a gained channel is brought to (plain CE's offloaded mean ~0.9)
+GAIN_MOMENTUM = 0.99  # running mean per step: ~100 steps to follow the extractor
+
+
+def channel_gain(mean: jax.Array, max_gain: float) -> jax.Array:
+    """clip(GAIN_TARGET / mean, 1, max_gain): what each channel is multiplied by before the
+    quantizer. Never below 1 (a wide channel keeps its scale) and capped, so a channel the
+    device's int8 features resolve in only a few steps is not blown up to many codes."""
+    return jnp.clip(GAIN_TARGET / jnp.maximum(mean, 1e-6), 1.0, max_gain)
+
+
+class ChannelGain(nn.Module):
+    """A per-channel gain before the shared-codebook quantizer, from a running channel mean.
+
+    Why: the XAI terms meet rho by shrinking the offloaded channels (with zero-baseline IG a
+    channel's importance scales with its magnitude): on CIFAR-10 at the CPU budget their means
+    fell to 0.002-0.8 while the 8 shared centroids span (0, 6), so most channels used 1-3 codes.
+    The gain lets each channel fill the codebook again while the reference still sees the
+    shrunk features. A statistic (batch_stats, updated in training like BatchNorm's), not a
+    parameter: no gradient flows into it. The export folds it into the extractor's output BN
+    (``inference.fold_channel_gain``), so the device graph and its thresholds are unchanged.
+    """
+
+    max_gain: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.max_gain < 1.0:
+            raise ValueError(f"channel gain's max must be >= 1, got {self.max_gain}")
+        mean = self.variable(
+            "batch_stats", "mean", lambda: jnp.full((x.shape[-1],), GAIN_TARGET, jnp.float32)
+        )
+        x = jnp.asarray(x, jnp.float32)
+        if train and not self.is_initializing():
+            batch = jnp.mean(jax.lax.stop_gradient(x), axis=tuple(range(x.ndim - 1)))
+            mean.value = GAIN_MOMENTUM * mean.value + (1.0 - GAIN_MOMENTUM) * batch
+        # min(., 6): the centroids lie below 6, so no index changes, and the device computes
+        # exactly this as ReLU6 of its output BN scaled by the gain (inference.fold_channel_gain)
+        return jnp.minimum(x * channel_gain(mean.value, self.max_gain), FEATURE_MAX)

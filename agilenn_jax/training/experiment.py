@@ -61,6 +61,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"model.fixed_alpha must be -1 (alpha trained) or strictly inside (0, 1), got {fixed}"
         )
+    gain = m.get("channel_gain_max", 0.0)
+    if gain != 0.0 and gain < 1.0:
+        raise ValueError(f"model.channel_gain_max must be 0 (off) or >= 1, got {gain}")
     if not 0.0 < lo.rho <= 1.0:
         raise ValueError(f"loss.rho must be in (0, 1], got {lo.rho}")
     if lo.disorder not in losses.DISORDER_MODES:

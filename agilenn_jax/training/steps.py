@@ -234,7 +234,7 @@ def make_agilenn_train_step(
             codebook = 0.0
             if cw := lc.get("codebook_weight", 0.0):
                 codebook = cw * losses.codebook_loss(
-                    out["features"][..., k:],
+                    out["quantizer_input"],
                     out["indices"],
                     state.apply_fn({"params": params}, method="centroids"),
                 )

@@ -161,6 +161,9 @@ def base() -> ml_collections.ConfigDict:
         local_bn=True,
         num_centroids=8,
         quantizer_softness=1.0,
+        # > 0: each offloaded channel is multiplied by clip(1 / its running mean, 1, this)
+        # before the shared-codebook quantizer (quantizer.ChannelGain); 0: off, as the paper.
+        channel_gain_max=0.0,
         remote_width=1.0,
         remote_stages=MOBILENETV2_STAGES,
         remote_head_channels=1280,

@@ -83,6 +83,14 @@ def test_bad_baseline_values_are_clear_errors():
         experiment.validate_config(smoke_baseline_config("deepcod", **{"baseline.rate_weight": -1}))
     with pytest.raises(ValueError, match="no reference stage"):
         experiment.run(smoke_baseline_config("deepcod"), "/tmp/unused", "pretrain_reference")
+    # AgileNN-only objective options are refused, not silently ignored
+    for key, value in (
+        ("loss.codebook_weight", 1.0),
+        ("loss.alive_weight", 1.0),
+        ("model.channel_gain_max", 8.0),
+    ):
+        with pytest.raises(ValueError, match=rf"{key}={value}: AgileNN-only .* method=deepcod"):
+            experiment.validate_config(smoke_baseline_config("deepcod", **{key: value}))
 
 
 def test_compare_configs_are_the_agilenn_config_plus_the_method_edits():

@@ -35,6 +35,17 @@ OFFLOADING = ("deepcod", "spinn")
 def validate(config: ml_collections.ConfigDict) -> None:
     """Baseline fields, checked before any work (``experiment.validate_config`` calls this)."""
     b = config.baseline
+    # AgileNN-only options a baseline would silently ignore: fail instead of misreporting
+    agilenn_only = {
+        "loss.codebook_weight": config.loss.get("codebook_weight", 0.0),
+        "loss.alive_weight": config.loss.get("alive_weight", 0.0),
+        "model.channel_gain_max": config.model.get("channel_gain_max", 0.0),
+    }
+    if set_ := [f"{k}={v}" for k, v in agilenn_only.items() if v]:
+        raise ValueError(
+            f"{', '.join(set_)}: AgileNN-only options, which method={method_of(config)} "
+            "ignores; set them to 0 for a baseline"
+        )
     if b.net_width <= 0 or b.stem_channels <= 0 or b.stem_stride not in (1, 2):
         raise ValueError(
             "baseline.net_width and baseline.stem_channels must be > 0 and baseline.stem_stride "

@@ -82,6 +82,7 @@ def apply_method(c: ml_collections.ConfigDict, method: str, paper_scale: bool) -
         return
     b = c.baseline
     c.reference_train.epochs = 0  # no reference NN: recorded as such in config.json
+    c.loss.codebook_weight = 0.0  # AgileNN's codebook term (baselines.validate rejects it)
     c.preselect.enabled = False
     b.net_width = c.model.remote_width
     b.stem_stride = 2 if paper_scale else 1

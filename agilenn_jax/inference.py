@@ -21,6 +21,8 @@ import numpy as np
 from agilenn_jax import input_pipeline, layout
 from agilenn_jax.checkpoint import Checkpointer, CheckpointError
 from agilenn_jax.models import build_model, method_of
+from agilenn_jax.models.extractor import output_layer_names
+from agilenn_jax.models.quantizer import channel_gain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,9 +164,6 @@ def fold_channel_gain(model: nn.Module, variables: dict[str, Any]) -> tuple[nn.M
     """
     if not getattr(model, "channel_gain_max", 0.0):
         return model, variables
-    from agilenn_jax.models.extractor import output_layer_names
-    from agilenn_jax.models.quantizer import channel_gain
-
     k, max_gain = model.k, float(model.channel_gain_max)
     gain = np.asarray(channel_gain(variables["batch_stats"]["gain"]["mean"], max_gain))
     bn_name = output_layer_names(len(model.extractor_channels))[1]

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agilenn_jax import input_pipeline, layout, losses, xai  # noqa: E402
+from agilenn_jax import bitrate, input_pipeline, layout, losses, xai  # noqa: E402
 from agilenn_jax.models import build_reference_nn, num_local_channels  # noqa: E402
 from agilenn_jax.models.extractor import output_layer_names  # noqa: E402
 from agilenn_jax.models.quantizer import channel_gain  # noqa: E402
@@ -108,9 +108,11 @@ def report(r: dict[str, np.ndarray], k: int, trained: str) -> None:
     if "gain" in r:
         print(f"  quantizer gain     {r['gain']}")
     per_channel = r["code_counts"].sum(0).astype(np.float64)  # [offloaded channel, code]
-    p = per_channel / per_channel.sum(1, keepdims=True)
-    bits = -np.sum(np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0), 1)
-    print(f"  code entropy, bits {bits}  (mean {bits.mean():.2f} of {np.log2(p.shape[1]):.0f})")
+    bits = np.array([bitrate.entropy_bits(row) for row in per_channel])
+    print(
+        f"  code entropy, bits {bits}  (mean {bits.mean():.2f} of "
+        f"{np.log2(per_channel.shape[1]):.0f})"
+    )
     counts = per_channel.sum(0)
     print(
         f"centroids            {np.sort(r['centroids'])}, most used code's share "

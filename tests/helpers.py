@@ -81,3 +81,15 @@ def run_on_8_devices(code: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
+
+
+def assert_int8_verified(report: dict, max_abs_err: float = 0.3) -> None:
+    """An export's int8 check on both runtimes (TFLM, TFLite): the worst offloaded feature
+    within ``max_abs_err`` of the float model's (0.3: 5% of the ReLU6 range), the mean within
+    one int8 step, and >= 95% of the indices the float model's."""
+    scale = report["device"]["quant"]["remote_features"]["scale"]
+    for runtime in ("tflm", "tflite"):
+        v = report["verification"][runtime]
+        assert v["features_max_abs_err"] <= max_abs_err, v
+        assert v["features_mean_abs_err"] <= scale, v
+        assert v["index_agreement"] >= 0.95, v

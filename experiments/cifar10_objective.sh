@@ -41,6 +41,8 @@
 #   gainG     model.channel_gain_max=G (e.g. gain8): each offloaded channel times
 #             clip(1 / running mean, 1, G) before the quantizer (quantizer.ChannelGain)
 #   kall      loss.alive_channels=all: the floor on every channel, the local ones too
+#   ltT       loss.local_top=T (e.g. lt4, with kall): the floor's top end on the local channels
+#             at T instead of the clip at 6, a ceiling that keeps them from climbing to it
 #   eff       the ImageNet-pretrained EfficientNet-Lite0 reference (its own reference run,
 #             ROOT/ref_eff_sSEED: ~18 min; its AgileNN runs ~13.5 min at 2 epochs)
 # Each run writes ROOT/NAME_sSEED/results.json; finished runs are skipped, unfinished ones resume.
@@ -73,6 +75,7 @@ for s in "${SEEDS[@]}"; do
         cb*) codebook="${x:2}" ;;
         gain*) args+=(--config.model.channel_gain_max="${x:4}") ;;
         kall) args+=(--config.loss.alive_channels=all) ;;
+        lt*) args+=(--config.loss.local_top="${x:2}") ;;
         ka*) args+=(--config.loss.alive_weight="${x:2}") ;;
         kr*) args+=(--config.loss.alive_rate="${x:2}") ;;
         rc*) args+=(--config.loss.reference_ce_weight="${x:2}") ;;

@@ -339,9 +339,9 @@ NOT_PAPER_VALUED = {
     "smoke": {"xai.aggregate": "net"},
     "paper": {"loss.disorder_margin": 0.05, "loss.codebook_weight": 1.0},
 }
-# loss.alive_rate and alive_channels only matter where loss.alive_weight > 0
+# loss.alive_rate, alive_channels and local_top only matter where loss.alive_weight > 0
 ADDED_LATER = (
-    {"method", "loss.alive_rate", "loss.alive_channels"}
+    {"method", "loss.alive_rate", "loss.alive_channels", "loss.local_top"}
     | {f"baseline.{k}" for k in paper.base().baseline}
     | set(PAPER_VALUED)
 )

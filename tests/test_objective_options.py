@@ -380,6 +380,43 @@ def test_alive_weight_moves_only_the_stuck_channels_output_bn(lam, scope):
     np.testing.assert_allclose(_flat(after[0.0]), _flat(after[1.0]), rtol=1e-6, atol=1e-8)
 
 
+def test_local_top_is_a_ceiling_on_the_local_channels_only():
+    """With alive_channels=all and loss.local_top=T, the floor's top end on the k local channels
+    is T instead of the clip at 6, and the term is still the mean over every channel: from the
+    same start (local channel 0 at beta 4.5, inside the clip, over a ceiling at 3), T=3 lowers
+    that channel's beta and moves no other parameter; T=6 leaves it alone."""
+    c = smoke_config()
+    k, bn_name = c.model.k, output_layer_names(len(c.model.extractor_channels))[1]
+
+    def high(top):
+        def edit(params, config):
+            config.loss.alive_channels = "all"
+            config.loss.alive_rate = 0.8
+            config.loss.local_top = top
+            bn = params["extractor"][bn_name]
+            bn["bias"] = np.asarray(bn["bias"]).copy()
+            bn["bias"][:k] = 1.0  # every channel inside the 80% floor and under 6 ...
+            bn["bias"][k:] = 1.0
+            bn["bias"][0] = 4.5  # ... and local channel 0 over a ceiling at 3
+            return params
+
+        return edit
+
+    after, loss = {}, {}
+    for top in (6.0, 3.0):
+        after[top], metrics = _one_step(0.3, "alive_weight", 1.0, high(top))
+        loss[top] = float(metrics["alive_loss"])
+    assert loss[6.0] == 0.0
+    z, n = 0.8416212, c.model.extractor_channels[-1]
+    np.testing.assert_allclose(loss[3.0], (4.5 + z * 1.0 - 3.0) / n, rtol=1e-4)
+    b6, b3 = (after[t]["extractor"].pop(bn_name) for t in (6.0, 3.0))
+    diff = np.nonzero(~np.isclose(b6["bias"], b3["bias"], rtol=1e-6, atol=1e-8))[0]
+    assert diff.tolist() == [0]
+    assert float(b3["bias"][0]) < float(b6["bias"][0])
+    np.testing.assert_allclose(b6["scale"], b3["scale"], rtol=1e-6, atol=1e-8)  # beta only
+    np.testing.assert_allclose(_flat(after[6.0]), _flat(after[3.0]), rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize(
     "field,value,match",
     [
@@ -389,6 +426,9 @@ def test_alive_weight_moves_only_the_stuck_channels_output_bn(lam, scope):
         ("alive_rate", 0.0, r"loss\.alive_rate must be in \(0, 1\)"),
         ("alive_rate", 1.0, r"loss\.alive_rate must be in \(0, 1\)"),
         ("alive_channels", "local", r"loss\.alive_channels must be one of"),
+        ("local_top", 0.0, r"loss\.local_top must be in \(0, 6.0\]"),
+        ("local_top", 7.0, r"loss\.local_top must be in \(0, 6.0\]"),
+        ("local_top", 4.0, r"loss\.local_top=4.0 acts only with loss\.alive_channels='all'"),
     ],
 )
 def test_bad_loss_options_are_clear_errors(field, value, match):

@@ -83,6 +83,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"loss.alive_channels must be one of {steps.ALIVE_CHANNELS}, got {scope!r}"
         )
+    if not 0.0 < (top := lo.get("local_top", steps.LOCAL_TOP)) <= steps.LOCAL_TOP:
+        raise ValueError(f"loss.local_top must be in (0, {steps.LOCAL_TOP}], got {top}")
+    if top != steps.LOCAL_TOP and scope != "all":
+        raise ValueError(
+            f"loss.local_top={top} acts only with loss.alive_channels='all' (got {scope!r})"
+        )
     if x.method not in xai.METHODS or x.rule not in xai.RULES or x.target not in xai.TARGETS:
         raise ValueError(
             f"xai.method/rule/target must be in {xai.METHODS}/{xai.RULES}/{xai.TARGETS}, got "

@@ -26,6 +26,9 @@ from agilenn_jax.training.state import TrainState
 # is the default)
 ALIVE_RATE = 0.2
 ALIVE_CHANNELS = ("offloaded", "all")
+# loss.local_top's default: the top end of that floor on the local channels (alive_channels=all)
+# is the ReLU6's clip; lower, it is a ceiling that keeps them from climbing towards it
+LOCAL_TOP = 6.0
 
 
 @flax.struct.dataclass
@@ -241,10 +244,14 @@ def make_agilenn_train_step(
             alive = 0.0
             if aw := lc.get("alive_weight", 0.0):
                 bn = params["extractor"][output_bn]
-                first = 0 if lc.get("alive_channels", ALIVE_CHANNELS[0]) == "all" else k
-                alive = aw * losses.alive_loss(
-                    bn["scale"][first:], bn["bias"][first:], lc.get("alive_rate", ALIVE_RATE)
-                )
+                rate = lc.get("alive_rate", ALIVE_RATE)
+                alive = losses.alive_loss(bn["scale"][k:], bn["bias"][k:], rate)
+                if lc.get("alive_channels", ALIVE_CHANNELS[0]) == "all":
+                    top = lc.get("local_top", LOCAL_TOP)
+                    local = losses.alive_loss(bn["scale"][:k], bn["bias"][:k], rate, top)
+                    c = bn["scale"].shape[0]
+                    alive = (k * local + (c - k) * alive) / c  # the mean over every channel
+                alive = aw * alive
             if not use_xai:
                 ce = jnp.mean(losses.cross_entropy(out["logits"], labels))
                 return ce + codebook + alive, (out, upd["batch_stats"], {})

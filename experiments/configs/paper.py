@@ -253,6 +253,9 @@ def base() -> ml_collections.ConfigDict:
         alive_weight=0.0,
         alive_rate=0.2,  # the floor at each end, as a fraction, if pre-activations are normal
         alive_channels="offloaded",  # offloaded | all
+        # with alive_channels=all, the top end of the floor on the local channels: below 6 a
+        # ceiling (an option; see the README's "a ceiling on the local channels")
+        local_top=6.0,
     )
     # exclude: extractor channels Algorithm 1 may not keep on the device (an ablation: is the
     # weak local channel of the CIFAR-10 runs a property of that channel or of the slot?)

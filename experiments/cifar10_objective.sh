@@ -41,6 +41,8 @@
 #   gainG     model.channel_gain_max=G (e.g. gain8): each offloaded channel times
 #             clip(1 / running mean, 1, G) before the quantizer (quantizer.ChannelGain)
 #   kall      loss.alive_channels=all: the floor on every channel, the local ones too
+#   ceilT     loss.ceiling_weight=1, loss.local_ceiling=T (e.g. ceil5): each local channel's
+#             output-BN beta held at or under T (losses.ceiling_loss)
 #   ltT       loss.local_top=T (e.g. lt4, with kall): the floor's top end on the local channels
 #             at T instead of the clip at 6, a ceiling that keeps them from climbing to it
 #   eff       the ImageNet-pretrained EfficientNet-Lite0 reference (its own reference run,
@@ -76,6 +78,7 @@ for s in "${SEEDS[@]}"; do
         gain*) args+=(--config.model.channel_gain_max="${x:4}") ;;
         kall) args+=(--config.loss.alive_channels=all) ;;
         lt*) args+=(--config.loss.local_top="${x:2}") ;;
+        ceil*) args+=(--config.loss.ceiling_weight=1 --config.loss.local_ceiling="${x:4}") ;;
         ka*) args+=(--config.loss.alive_weight="${x:2}") ;;
         kr*) args+=(--config.loss.alive_rate="${x:2}") ;;
         rc*) args+=(--config.loss.reference_ce_weight="${x:2}") ;;

@@ -87,6 +87,7 @@ def test_bad_baseline_values_are_clear_errors():
     for key, value in (
         ("loss.codebook_weight", 1.0),
         ("loss.alive_weight", 1.0),
+        ("loss.ceiling_weight", 1.0),
         ("model.channel_gain_max", 8.0),
     ):
         with pytest.raises(ValueError, match=rf"{key}={value}: AgileNN-only .* method=deepcod"):

@@ -327,6 +327,7 @@ PAPER_VALUED = {
     "loss.reference_ce_weight": 0.0,
     "loss.codebook_weight": 0.0,  # centroids learned from the task loss alone
     "loss.alive_weight": 0.0,  # no floor on the offloaded channels' activity
+    "loss.ceiling_weight": 0.0,  # no ceiling on the local channels
     "model.channel_gain_max": 0.0,  # no gain before the quantizer
     "preselect.exclude": (),
     "xai.aggregate": "l1",  # the authors' code: sum of |IG| over H, W
@@ -339,9 +340,10 @@ NOT_PAPER_VALUED = {
     "smoke": {"xai.aggregate": "net"},
     "paper": {"loss.disorder_margin": 0.05, "loss.codebook_weight": 1.0},
 }
-# loss.alive_rate, alive_channels and local_top only matter where loss.alive_weight > 0
+# loss.alive_rate, alive_channels and local_top only matter where loss.alive_weight > 0,
+# local_ceiling where loss.ceiling_weight > 0
 ADDED_LATER = (
-    {"method", "loss.alive_rate", "loss.alive_channels", "loss.local_top"}
+    {"method", "loss.alive_rate", "loss.alive_channels", "loss.local_top", "loss.local_ceiling"}
     | {f"baseline.{k}" for k in paper.base().baseline}
     | set(PAPER_VALUED)
 )

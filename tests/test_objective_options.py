@@ -417,6 +417,46 @@ def test_local_top_is_a_ceiling_on_the_local_channels_only():
     np.testing.assert_allclose(_flat(after[6.0]), _flat(after[3.0]), rtol=1e-6, atol=1e-8)
 
 
+def test_ceiling_loss_is_a_hinge_on_beta_alone():
+    """mean over channels of max(0, beta - T): 0 at or under T, linear over it (gradient 1/n on
+    each channel over it, none on the others)."""
+    bias = jnp.array([5.7, 5.0, 2.0, -1.0])
+    np.testing.assert_allclose(losses.ceiling_loss(bias, 5.0), 0.7 / 4, rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.grad(lambda b: losses.ceiling_loss(b, 5.0))(bias), [0.25, 0, 0, 0]
+    )
+    assert float(losses.ceiling_loss(bias, 6.0)) == 0.0
+
+
+@pytest.mark.parametrize("lam", [0.3, 1.0])
+def test_ceiling_weight_lowers_only_the_local_channel_over_the_ceiling(lam):
+    """From the same start with local channel 0 at beta 5.7 and offloaded channel k at 5.7 too,
+    the term (T = 5) lowers channel 0's beta and changes no other parameter, its gamma included,
+    on the XAI and the plain CE step; the metric reports it weighted."""
+    c = smoke_config()
+    k, bn_name = c.model.k, output_layer_names(len(c.model.extractor_channels))[1]
+
+    def high(params, config):
+        config.loss.local_ceiling = 5.0
+        bn = params["extractor"][bn_name]
+        bn["bias"] = np.asarray(bn["bias"]).copy()
+        bn["bias"][0] = 5.7
+        bn["bias"][k] = 5.7
+        return params
+
+    after = {}
+    for w in (0.0, 2.0):
+        after[w], metrics = _one_step(lam, "ceiling_weight", w, high)
+        if lam < 1.0:
+            np.testing.assert_allclose(float(metrics["ceiling_loss"]), w * 0.7 / k, rtol=1e-4)
+    b0, b1 = (after[w]["extractor"].pop(bn_name) for w in (0.0, 2.0))
+    diff = np.nonzero(~np.isclose(b0["bias"], b1["bias"], rtol=1e-6, atol=1e-8))[0]
+    assert diff.tolist() == [0]
+    assert float(b1["bias"][0]) < float(b0["bias"][0])
+    np.testing.assert_allclose(b0["scale"], b1["scale"], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(_flat(after[0.0]), _flat(after[2.0]), rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize(
     "field,value,match",
     [
@@ -426,6 +466,9 @@ def test_local_top_is_a_ceiling_on_the_local_channels_only():
         ("alive_rate", 0.0, r"loss\.alive_rate must be in \(0, 1\)"),
         ("alive_rate", 1.0, r"loss\.alive_rate must be in \(0, 1\)"),
         ("alive_channels", "local", r"loss\.alive_channels must be one of"),
+        ("ceiling_weight", -1.0, r"loss\.ceiling_weight must be >= 0"),
+        ("local_ceiling", 0.0, r"loss\.local_ceiling must be in \(0, 6\]"),
+        ("local_ceiling", 6.5, r"loss\.local_ceiling must be in \(0, 6\]"),
         ("local_top", 0.0, r"loss\.local_top must be in \(0, 6.0\]"),
         ("local_top", 7.0, r"loss\.local_top must be in \(0, 6.0\]"),
         ("local_top", 4.0, r"loss\.local_top=4.0 acts only with loss\.alive_channels='all'"),

@@ -39,6 +39,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     agilenn_only = {
         "loss.codebook_weight": config.loss.get("codebook_weight", 0.0),
         "loss.alive_weight": config.loss.get("alive_weight", 0.0),
+        "loss.ceiling_weight": config.loss.get("ceiling_weight", 0.0),
         "model.channel_gain_max": config.model.get("channel_gain_max", 0.0),
     }
     if set_ := [f"{k}={v}" for k, v in agilenn_only.items() if v]:

@@ -74,6 +74,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("reference_ce_weight", 0.0),
         ("codebook_weight", 0.0),
         ("alive_weight", 0.0),
+        ("ceiling_weight", 0.0),
     ):
         if lo.get(name, default) < 0.0:
             raise ValueError(f"loss.{name} must be >= 0, got {lo[name]}")
@@ -89,6 +90,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"loss.local_top={top} acts only with loss.alive_channels='all' (got {scope!r})"
         )
+    if not 0.0 < (ceiling := lo.get("local_ceiling", steps.LOCAL_CEILING)) <= 6.0:
+        raise ValueError(f"loss.local_ceiling must be in (0, 6], got {ceiling}")
     if x.method not in xai.METHODS or x.rule not in xai.RULES or x.target not in xai.TARGETS:
         raise ValueError(
             f"xai.method/rule/target must be in {xai.METHODS}/{xai.RULES}/{xai.TARGETS}, got "

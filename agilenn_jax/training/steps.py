@@ -29,6 +29,9 @@ ALIVE_CHANNELS = ("offloaded", "all")
 # loss.local_top's default: the top end of that floor on the local channels (alive_channels=all)
 # is the ReLU6's clip; lower, it is a ceiling that keeps them from climbing towards it
 LOCAL_TOP = 6.0
+# loss.local_ceiling's default: the ceiling on each local channel's output-BN beta that
+# loss.ceiling_weight > 0 turns on (losses.ceiling_loss)
+LOCAL_CEILING = 5.0
 
 
 @flax.struct.dataclass
@@ -63,6 +66,7 @@ class AgileNNTrainMetrics(metrics.Collection):
     reference_ce: metrics.Average.from_output("reference_ce")
     codebook_loss: metrics.Average.from_output("codebook_loss")  # weighted; 0 when off
     alive_loss: metrics.Average.from_output("alive_loss")  # weighted; 0 when off
+    ceiling_loss: metrics.Average.from_output("ceiling_loss")  # weighted; 0 when off
 
 
 @flax.struct.dataclass
@@ -252,9 +256,13 @@ def make_agilenn_train_step(
                     c = bn["scale"].shape[0]
                     alive = (k * local + (c - k) * alive) / c  # the mean over every channel
                 alive = aw * alive
+            ceiling = 0.0
+            if cw := lc.get("ceiling_weight", 0.0):
+                top = lc.get("local_ceiling", LOCAL_CEILING)
+                ceiling = cw * losses.ceiling_loss(params["extractor"][output_bn]["bias"][:k], top)
             if not use_xai:
                 ce = jnp.mean(losses.cross_entropy(out["logits"], labels))
-                return ce + codebook + alive, (out, upd["batch_stats"], {})
+                return ce + codebook + alive + ceiling, (out, upd["batch_stats"], {})
             imp, ref_logits = channel_attribution(
                 reference, state.frozen, out["features"], labels, xc
             )
@@ -275,10 +283,11 @@ def make_agilenn_train_step(
                 ref_logits,
                 lc.get("reference_ce_weight", 0.0),
             )
-            loss = loss + codebook + alive
+            loss = loss + codebook + alive + ceiling
             parts.update(
                 codebook_loss=jnp.asarray(codebook, jnp.float32),
                 alive_loss=jnp.asarray(alive, jnp.float32),
+                ceiling_loss=jnp.asarray(ceiling, jnp.float32),
                 skewness=jnp.mean(jnp.sum(imp[:, :k], -1)),
                 violation_rate=jnp.mean(losses.disorder_violations(imp, k)),
                 trusted_fraction=jnp.mean(trust),

@@ -256,6 +256,12 @@ def base() -> ml_collections.ConfigDict:
         # with alive_channels=all, the top end of the floor on the local channels: below 6 a
         # ceiling (an option; see the README's "a ceiling on the local channels")
         local_top=6.0,
+        # > 0: a ceiling on each local channel's output-BN beta at local_ceiling (mean over the
+        # k local channels of max(0, beta - T); losses.ceiling_loss; 0 in the paper): the
+        # ordering hinge lifts a weak local channel by raising its values until the frozen
+        # reference stops responding to it (README, "a ceiling on the local channels")
+        ceiling_weight=0.0,
+        local_ceiling=5.0,
     )
     # exclude: extractor channels Algorithm 1 may not keep on the device (an ablation: is the
     # weak local channel of the CIFAR-10 runs a property of that channel or of the slot?)

@@ -248,14 +248,14 @@ def make_agilenn_train_step(
             alive = 0.0
             if aw := lc.get("alive_weight", 0.0):
                 bn = params["extractor"][output_bn]
-                rate = lc.get("alive_rate", ALIVE_RATE)
-                alive = losses.alive_loss(bn["scale"][k:], bn["bias"][k:], rate)
-                if lc.get("alive_channels", ALIVE_CHANNELS[0]) == "all":
-                    top = lc.get("local_top", LOCAL_TOP)
-                    local = losses.alive_loss(bn["scale"][:k], bn["bias"][:k], rate, top)
-                    c = bn["scale"].shape[0]
-                    alive = (k * local + (c - k) * alive) / c  # the mean over every channel
-                alive = aw * alive
+                first = 0 if lc.get("alive_channels", ALIVE_CHANNELS[0]) == "all" else k
+                top = jnp.full(bn["bias"].shape, 6.0).at[:k].set(lc.get("local_top", LOCAL_TOP))
+                alive = aw * losses.alive_loss(
+                    bn["scale"][first:],
+                    bn["bias"][first:],
+                    lc.get("alive_rate", ALIVE_RATE),
+                    top[first:],
+                )
             ceiling = 0.0
             if cw := lc.get("ceiling_weight", 0.0):
                 top = lc.get("local_ceiling", LOCAL_CEILING)

@@ -39,7 +39,8 @@
 #   krR       loss.alive_rate=R (e.g. kr0.4): that floor (paper.py: 0.2); above 0.5 only the
 #             BN's beta moves (losses.alive_loss), so kr0.8 keeps ~80% of values non-zero
 #   gainG     model.channel_gain_max=G (e.g. gain8): each offloaded channel times
-#             clip(1 / running mean, 1, G) before the quantizer (quantizer.ChannelGain)
+#             clip(1 / running mean, 1, G) before the quantizer (quantizer.ChannelGain;
+#             paper.py defaults to 8 since this ablation; without the suffix a variant runs 0)
 #   kall      loss.alive_channels=all: the floor on every channel, the local ones too
 #   ceilT     loss.ceiling_weight=1, loss.local_ceiling=T (e.g. ceil5): each local channel's
 #             output-BN beta held at or under T (losses.ceiling_loss)
@@ -68,6 +69,7 @@ for s in "${SEEDS[@]}"; do
     margin=0
     aggregate=net
     codebook=0
+    gain=0
     ref="$ROOT/ref_s$s"
     for x in ${suffixes//-/ }; do
       case $x in
@@ -75,7 +77,7 @@ for s in "${SEEDS[@]}"; do
         log) args+=(--config.loss.disorder=log) ;;
         mg*) margin="${x:2}" ;;
         cb*) codebook="${x:2}" ;;
-        gain*) args+=(--config.model.channel_gain_max="${x:4}") ;;
+        gain*) gain="${x:4}" ;;
         kall) args+=(--config.loss.alive_channels=all) ;;
         lt*) args+=(--config.loss.local_top="${x:2}") ;;
         ceil*) args+=(--config.loss.ceiling_weight=1 --config.loss.local_ceiling="${x:4}") ;;
@@ -104,7 +106,7 @@ for s in "${SEEDS[@]}"; do
       touch "$ref/reference.done"
     fi
     args+=(--config.loss.disorder_margin="$margin" --config.xai.aggregate="$aggregate"
-        --config.loss.codebook_weight="$codebook")
+        --config.loss.codebook_weight="$codebook" --config.model.channel_gain_max="$gain")
     case $base in
       ce) args+=(--config.loss.lam=1.0) ;;
       lam*u) args+=(--config.loss.lam="${base:3:-1}" --config.loss.unit_ce=True) ;;

@@ -30,8 +30,9 @@ dataset=digits (scale ignored; the quick start's data, 24x24 input, 30 epochs at
   experiments/compare.sh adds ~1 min per run for export and 500 socket samples.
 dataset=cifar10,scale=cpu: paper.py:scale=cpu's data and networks (32x32, the shared tarball),
   train.epochs=4 for every method (AgileNN also pre-trains its reference 3 epochs). The README's
-  CIFAR-10 AgileNN run predates paper.py's lam=0.3 / unit_ce / disorder_margin=0.05 defaults:
-  --config.loss.lam=0.8 --config.loss.unit_ce=False --config.loss.disorder_margin=0 gives it.
+  CIFAR-10 AgileNN run predates paper.py's issue-11 defaults: --config.loss.lam=0.8
+  --config.loss.unit_ce=False --config.loss.disorder_margin=0 --config.xai.aggregate=net
+  --config.loss.codebook_weight=0 --config.model.channel_gain_max=0 gives it.
 scale=paper (GPU; 96x96, the paper's networks, 200 epochs; edge_only/local_only/spinn use a
   stride-2 stem as ImageNet's MobileNetV2, local_only at width 0.35 to fit the MCU):
     python -m launch.main \
@@ -83,6 +84,7 @@ def apply_method(c: ml_collections.ConfigDict, method: str, paper_scale: bool) -
     b = c.baseline
     c.reference_train.epochs = 0  # no reference NN: recorded as such in config.json
     c.loss.codebook_weight = 0.0  # AgileNN's codebook term (baselines.validate rejects it)
+    c.model.channel_gain_max = 0.0  # AgileNN's gain before its quantizer: likewise
     c.preselect.enabled = False
     b.net_width = c.model.remote_width
     b.stem_stride = 2 if paper_scale else 1

@@ -77,6 +77,7 @@ def digits(c: ml_collections.ConfigDict) -> None:
     c.loss.disorder_margin = 0.0  # the paper's; every quick-start number was measured with it
     c.xai.aggregate = "net"  # |sum IG| per channel: the quick-start numbers were measured with it
     c.loss.codebook_weight = 0.0  # no k-means term on the centroids: likewise
+    c.model.channel_gain_max = 0.0  # no gain before the quantizer: likewise
     c.reference_train.epochs = 15
     c.train.epochs = 30
     common.set_optimisation(c, batch_size=64, lr=0.05, log_every_steps=10, eval_every_epochs=5)

@@ -30,19 +30,22 @@ from agilenn_jax.training.state import TrainState, init_variables, new_state
 from agilenn_jax.training.steps import accuracy, correct
 
 OFFLOADING = ("deepcod", "spinn")
+# AgileNN-only options, (section, field), that a baseline would silently ignore: validate fails
+# on any that is set, and the compare configs zero them for a baseline.
+AGILENN_ONLY = (
+    ("loss", "codebook_weight"),
+    ("loss", "alive_weight"),
+    ("loss", "ceiling_weight"),
+    ("model", "channel_gain_max"),
+)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Baseline fields, checked before any work (``experiment.validate_config`` calls this)."""
     b = config.baseline
-    # AgileNN-only options a baseline would silently ignore: fail instead of misreporting
-    agilenn_only = {
-        "loss.codebook_weight": config.loss.get("codebook_weight", 0.0),
-        "loss.alive_weight": config.loss.get("alive_weight", 0.0),
-        "loss.ceiling_weight": config.loss.get("ceiling_weight", 0.0),
-        "model.channel_gain_max": config.model.get("channel_gain_max", 0.0),
-    }
-    if set_ := [f"{k}={v}" for k, v in agilenn_only.items() if v]:
+    # fail instead of misreporting
+    set_ = [f"{s}.{f}={v}" for s, f in AGILENN_ONLY if (v := config[s].get(f, 0.0))]
+    if set_:
         raise ValueError(
             f"{', '.join(set_)}: AgileNN-only options, which method={method_of(config)} "
             "ignores; set them to 0 for a baseline"

@@ -63,6 +63,7 @@ import ml_collections
 
 from agilenn_jax import sweep
 from agilenn_jax.models import METHODS
+from agilenn_jax.training.baselines import AGILENN_ONLY
 from experiments.configs import common, paper, quickstart
 
 ARGS = dict(
@@ -83,8 +84,8 @@ def apply_method(c: ml_collections.ConfigDict, method: str, paper_scale: bool) -
         return
     b = c.baseline
     c.reference_train.epochs = 0  # no reference NN: recorded as such in config.json
-    c.loss.codebook_weight = 0.0  # AgileNN's codebook term (baselines.validate rejects it)
-    c.model.channel_gain_max = 0.0  # AgileNN's gain before its quantizer: likewise
+    for section, field in AGILENN_ONLY:  # baselines.validate rejects any of them set
+        c[section][field] = 0.0
     c.preselect.enabled = False
     b.net_width = c.model.remote_width
     b.stem_stride = 2 if paper_scale else 1
